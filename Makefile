@@ -1,0 +1,33 @@
+# One-command setup: every target creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sgl-betty-installed
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# betty-ml 0.2.1 declares Requires-Python <3.11 without a reason and runs fine on 3.11:
+# install it first without that check, then the project (pip accepts the installed copy).
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python betty-ml==0.2.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) benchmarks/cifar100.py preset=smoke
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sgl_betty problems engine benchmarks tests
+	$(VENV)/bin/ruff format --check sgl_betty problems engine benchmarks tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

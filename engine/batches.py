@@ -1,0 +1,81 @@
+"""One batch per data split per engine step, shared by every problem that reads that split.
+
+V_k, W_k and the pseudo-labellers all see the same D_tr / D_u batch within a step, so each
+split is loaded (and moved to the device) once per step, not once per problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _to_device(item, device) for key, item in batch.items()}
+    return batch
+
+
+class SharedBatches:
+    """Restartable per-split iterators with a per-step cache.
+
+    ``sources`` maps a split name to any re-iterable (a DataLoader, a list of batches, ...).
+    An exhausted split starts its next epoch; ``epochs[split]`` counts completed passes.
+    Labelled splits must yield (x, y); the unlabelled split may yield x or (x, anything).
+    """
+
+    LABELED = ("train", "val")
+
+    def __init__(self, sources: dict[str, Iterable], device="cpu"):
+        self.sources = {name: src for name, src in sources.items() if src is not None}
+        self.device = device
+        self.epochs = {name: 0 for name in self.sources}
+        self.batches_in_epoch = {name: 0 for name in self.sources}
+        self._iterators = {}
+        self._current = {}
+        self.step = 0
+
+    def advance(self) -> None:
+        """Start a new engine step: the next ``get`` of each split loads a fresh batch."""
+        self._current.clear()
+        self.step += 1
+
+    def get(self, split: str):
+        if split not in self._current:
+            self._current[split] = _to_device(self._normalise(split, self._next(split)), self.device)
+        return self._current[split]
+
+    def _next(self, split: str):
+        if split not in self.sources:
+            raise KeyError(f"no data was given for the {split!r} split")
+        if split not in self._iterators:
+            self._iterators[split] = iter(self.sources[split])
+        try:
+            batch = next(self._iterators[split])
+        except StopIteration:
+            self.epochs[split] += 1
+            self.batches_in_epoch[split] = 0
+            self._iterators[split] = iter(self.sources[split])
+            try:
+                batch = next(self._iterators[split])
+            except StopIteration:
+                raise ValueError(
+                    f"the {split!r} data yielded no batch after a restart: pass a re-iterable "
+                    "(a DataLoader or a list), not a one-shot generator, and check it is not empty"
+                ) from None
+        self.batches_in_epoch[split] += 1
+        return batch
+
+    def _normalise(self, split: str, batch):
+        if split in self.LABELED:
+            if not (isinstance(batch, (list, tuple)) and len(batch) >= 2):
+                raise ValueError(f"the {split!r} data must yield (x, y) pairs, got {type(batch).__name__}")
+            return batch[0], batch[1]
+        if isinstance(batch, (list, tuple)):
+            return batch[0]
+        return batch

@@ -1,0 +1,8 @@
+"""The three stages of a learner as Betty problems: V (Eq. 1), W (Eq. 2), architecture (Eq. 3)."""
+
+from .arch_stage import ArchStage, ValidatedLearner
+from .base import NonFiniteError, SGLStage
+from .v_stage import VStage
+from .w_stage import Peer, WStage
+
+__all__ = ["ArchStage", "NonFiniteError", "Peer", "SGLStage", "VStage", "ValidatedLearner", "WStage"]

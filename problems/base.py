@@ -1,0 +1,87 @@
+"""What the three SGL stages share: a Betty ImplicitProblem with a role, a learner index and
+the engine's per-step batches. The stages themselves only define their loss."""
+
+from __future__ import annotations
+
+import torch
+from betty.configs import Config
+from betty.problems import ImplicitProblem
+
+from sgl_betty.config import SGLConfig
+
+
+def detach_tree(value):
+    """Detach every tensor in what an architecture's ``forward()`` returns."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {key: detach_tree(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(detach_tree(item) for item in value)
+    return value
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Top-1 accuracy for classification batches; None where it does not apply (regression)."""
+    if logits.dim() != 2 or target.dim() != 1 or target.dtype.is_floating_point:
+        return None
+    return (logits.argmax(dim=-1) == target).float().mean()
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or hypergradient became NaN or infinite; the message names learner, stage and step."""
+
+
+class SGLStage(ImplicitProblem):
+    """Base of the V, W and architecture stages of one learner."""
+
+    role: str = ""
+
+    def __init__(self, learner, module, optimizer, scheduler, batches, sgl: SGLConfig, betty_config: Config):
+        super().__init__(
+            name=f"{self.role}_{learner}",
+            config=betty_config,
+            module=module,
+            optimizer=optimizer,
+            scheduler=scheduler,
+        )
+        self.learner = learner
+        self.batches = batches
+        self.sgl = sgl
+        # True only while Betty computes this problem's own descent step; solvers that
+        # re-evaluate the loss for a hypergradient see False.
+        self.descending = False
+        # The unrolled hypergradient (paper Eq. 8-11) scales by the step size just taken.
+        self.neumann_alpha_follows_lr = False
+        self.last_metrics: dict[str, torch.Tensor | float] = {}
+
+    def get_loss(self, batch):
+        self.descending = True
+        try:
+            loss, loss_dict = super().get_loss(batch)
+        finally:
+            self.descending = False
+        if not torch.isfinite(loss).all():
+            self.fail_non_finite("loss", loss_dict["loss"])
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.neumann_alpha_follows_lr:
+            self.config.neumann_alpha = lr
+        self.last_metrics.update(loss=loss_dict["loss"], lr=lr)
+        return loss, loss_dict
+
+    def fail_non_finite(self, what: str, value) -> None:
+        raise NonFiniteError(
+            f"non-finite {what} ({value}) in the {self.role} stage of learner {self.learner} "
+            f"at step {self.batches.step}: lower the learning rate, enable gradient clipping "
+            "(grad_clip_*), or check the data for NaN/inf values"
+        )
+
+    def record(self, **metrics) -> None:
+        """Keep metrics of the own descent step only (not of solver re-evaluations)."""
+        if self.descending:
+            self.last_metrics.update({k: v.detach() for k, v in metrics.items() if v is not None})
+
+    def weight_penalty(self) -> torch.Tensor | float:
+        if self.sgl.l2_in_loss == 0:
+            return 0.0
+        return 0.5 * self.sgl.l2_in_loss * sum(p.pow(2).sum() for p in self.module.parameters())

@@ -1,0 +1,102 @@
+"""Typed configuration of the SGL optimisation itself (the paper's Eq. 4 and its solvers).
+
+These are plain dataclasses because they hold callables (losses); the recipe configs in
+``sgl_betty.recipe_config`` are OmegaConf-structured and convert into these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+HYPERGRAD_TYPES = ("first_order", "darts", "unrolled", "neumann", "cg")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a probability vector (the paper's loss on pseudo-labelled data)."""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def softmax_target(peer_logits: torch.Tensor) -> torch.Tensor:
+    """A peer's pseudo-label: its predicted class probabilities, f(x; A_j, V_j)."""
+    return F.softmax(peer_logits, dim=-1)
+
+
+@dataclass
+class HypergradConfig:
+    """How the architecture's hypergradient is computed.
+
+    ``type``:
+      - ``first_order``: no upper-to-lower edges; dL_val/dA only (DARTS-1st, the released code).
+      - ``darts``: Betty's finite-difference solver, identity inverse Hessian (``darts_alpha``).
+      - ``unrolled``: the paper's Eq. 8-11: second-order terms scaled by each lower problem's
+        current learning rate (Neumann with 0 iterations, alpha = that learning rate).
+      - ``neumann``: Neumann series for the inverse Hessian (``neumann_iterations``, ``neumann_alpha``).
+      - ``cg``: conjugate gradient (``cg_iterations``, ``cg_alpha``) with the project's own,
+        corrected solver (Betty 0.2.1's is wrong beyond one iteration).
+    """
+
+    type: str = "first_order"
+    darts_alpha: float = 0.01
+    neumann_iterations: int = 1
+    neumann_alpha: float = 1.0
+    cg_iterations: int = 1
+    cg_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.type not in HYPERGRAD_TYPES:
+            raise ValueError(
+                f"unknown hypergradient type {self.type!r}; choose one of {', '.join(HYPERGRAD_TYPES)}"
+            )
+        if self.neumann_iterations < 0 or self.cg_iterations < 1:
+            raise ValueError(
+                "neumann_iterations must be >= 0 and cg_iterations >= 1 "
+                f"(got {self.neumann_iterations} and {self.cg_iterations})"
+            )
+        if self.darts_alpha <= 0 or self.neumann_alpha <= 0 or self.cg_alpha <= 0:
+            raise ValueError("darts_alpha, neumann_alpha and cg_alpha must be > 0")
+
+
+@dataclass
+class SGLConfig:
+    """The SGL objective (Eq. 4) and how its architecture gradient is taken.
+
+    ``pseudo_label_arch_grad``: keep the direct dependence of peer pseudo-labels on A_k (the
+    exact total derivative of Eq. 4); False drops it, as the paper's Eq. 10 does.
+    ``detach_pseudo_labels``: treat pseudo-labels as constants (the released code); this removes
+    the cross-learner hypergradient term entirely.
+    ``l2_in_loss``: 0.5 * coeff * ||theta||^2 added to the V and W losses. Unlike optimizer weight
+    decay it is part of the objective the implicit solvers differentiate.
+    ``grad_clip_*``: gradient-norm clipping per stage (0 disables it).
+    ``arch_warmup_steps``: V and W steps before the first architecture step (PC-DARTS's
+    warm-up; also lets V and W converge before a hypergradient is taken).
+    """
+
+    lam: float = 0.1
+    hypergrad: HypergradConfig = field(default_factory=HypergradConfig)
+    pseudo_label_arch_grad: bool = True
+    detach_pseudo_labels: bool = False
+    labeled_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+    pseudo_target: Callable[[torch.Tensor], torch.Tensor] = softmax_target
+    pseudo_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_cross_entropy
+    l2_in_loss: float = 0.0
+    grad_clip_v: float = 5.0
+    grad_clip_w: float = 5.0
+    grad_clip_arch: float = 0.0
+    arch_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hypergrad, dict):
+            self.hypergrad = HypergradConfig(**self.hypergrad)
+        if not self.lam >= 0:
+            raise ValueError(f"lam must be >= 0 (got {self.lam}); it weighs the pseudo-label loss")
+        if self.l2_in_loss < 0:
+            raise ValueError(f"l2_in_loss must be >= 0 (got {self.l2_in_loss})")
+        if self.arch_warmup_steps < 0:
+            raise ValueError(f"arch_warmup_steps must be >= 0 (got {self.arch_warmup_steps})")
+        for name in ("grad_clip_v", "grad_clip_w", "grad_clip_arch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 disables clipping)")
