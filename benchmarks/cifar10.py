@@ -1,6 +1,6 @@
 """SGL architecture search on CIFAR-10 (the paper's Table 3): CIFAR-100 images are the unlabeled data.
 
-    python benchmarks/cifar10.py [preset=...] [key=value ...]
+python benchmarks/cifar10.py [preset=...] [key=value ...]
 """
 
 import sys

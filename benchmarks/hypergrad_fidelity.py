@@ -29,8 +29,9 @@ def solver_settings(problem: Problem):
     yield "darts", HypergradConfig(type="darts")
     yield "unrolled", HypergradConfig(type="unrolled")
     for iterations in (1, 5, 20, 100, 300):
-        yield f"neumann (it={iterations})", HypergradConfig(
-            type="neumann", neumann_iterations=iterations, neumann_alpha=alpha
+        yield (
+            f"neumann (it={iterations})",
+            HypergradConfig(type="neumann", neumann_iterations=iterations, neumann_alpha=alpha),
         )
     for iterations in (1, 2, 4, 8):
         yield f"cg (it={iterations})", HypergradConfig(type="cg", cg_iterations=iterations)
@@ -59,14 +60,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, float64, 1 thread")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, float64, 1 thread"
+    )
     print("| K | solver | cosine to exact | relative error | ms per SGL step |")
     print("|---|---|---|---|---|")
     for num in args.learners:
         problem = Problem.random(num, seed=args.seed)
         for name, hypergrad in solver_settings(problem):
             cosine, error, seconds = measure(problem, hypergrad, args.repeats)
-            print(f"| {num} | {name} | {cosine:.6f} | {error:.2e} | {1000 * seconds:.2f} |", flush=True)
+            print(
+                f"| {num} | {name} | {cosine:.6f} | {error:.2e} | {1000 * seconds:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

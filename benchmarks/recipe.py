@@ -1,4 +1,4 @@
-"""The command line shared by the search recipes (cifar100.py, cifar10.py)."""
+"""The command line shared by the recipes (cifar100.py, cifar10.py, imagenet.py)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,83 @@ import argparse
 import sys
 from pathlib import Path
 
-from sgl_betty.data import DatasetNotFoundError
-from sgl_betty.experiment.config import ConfigError, load_config
+from sgl_betty.data import DatasetCorruptedError, DatasetNotFoundError
+from sgl_betty.evaluation.distributed import shutdown_distributed
+from sgl_betty.experiment.config import ConfigError, load_config, load_run_config
+from sgl_betty.experiment.search import SearchInterrupted
 from sgl_betty.problems import NonFiniteError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def search_stage(cfg):
+def search_stage(cfg, resume=False):
     from sgl_betty.experiment.search import run_search
 
-    return run_search(cfg)
+    return run_search(cfg, resume=resume)
 
 
-STAGES = {"search": search_stage}
+def eval_stage(cfg):
+    from sgl_betty.experiment.pipeline import evaluate_stage
+
+    return evaluate_stage(cfg)
+
+
+def all_stage(cfg):
+    from sgl_betty.experiment.pipeline import search_and_evaluate_stage
+
+    return search_and_evaluate_stage(cfg)
+
+
+STAGES = {"search": search_stage, "eval": eval_stage, "all": all_stage}
+STAGE_HELP = {
+    "search": "SGL architecture search",
+    "eval": "train eval.genotype's network from scratch and report its test error",
+    "all": "search, then evaluate the best learner's genotype (eval.learners=all: every learner's)",
+}
+# Stages a recipe offers, its default first: ImageNet only evaluates cells searched on CIFAR.
+RECIPE_STAGES = {"imagenet": ("eval",)}
+EXAMPLES = {
+    "eval": "preset=tiny eval.genotype=DARTS_V2 run.dir=runs/x",
+    "search": "preset=smoke hypergrad.type=neumann learners=3 lam=0.5 run.dir=runs/x",
+}
 
 
 def main(recipe: str, argv: list[str] | None = None) -> int:
+    stages = RECIPE_STAGES.get(recipe, ("search", "eval", "all"))
     parser = argparse.ArgumentParser(
         prog=f"{recipe}.py",
-        description=f"SGL architecture search on {recipe}. Overrides are key=value, e.g. "
-        "preset=smoke hypergrad.type=neumann learners=3 lam=0.5 run.dir=runs/x",
+        description=f"{recipe}: "
+        + "; ".join(f"--stage {name}: {STAGE_HELP[name]}" for name in stages)
+        + f". Overrides are key=value, e.g. {EXAMPLES[stages[0]]}",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    parser.add_argument("--stage", choices=sorted(STAGES), default="search")
+    parser.add_argument("--stage", choices=stages, default=stages[0])
+    if "search" in stages:
+        parser.add_argument(
+            "--resume",
+            metavar="RUN_DIR",
+            help="continue an interrupted search from its last checkpoint (its config.yaml; "
+            "overrides apply on top)",
+        )
     args = parser.parse_args(argv)
+    resume = getattr(args, "resume", None)
     try:
+        if resume:
+            if args.stage != "search":
+                raise ConfigError("--resume continues a search: use it with --stage search")
+            search_stage(load_run_config(resume, args.overrides), resume=True)
+            return 0
         cfg = load_config(args.overrides, recipe=recipe, config_dir=CONFIG_DIR)
         STAGES[args.stage](cfg)
-    except (ConfigError, DatasetNotFoundError) as error:
+    except (ConfigError, DatasetNotFoundError, DatasetCorruptedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except SearchInterrupted as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return 130
+    finally:
+        shutdown_distributed()
     return 0

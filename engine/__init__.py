@@ -5,4 +5,11 @@ from .build import build_sgl_engine
 from .sgl_engine import SGLEngine
 from .solvers import CONJUGATE_GRADIENT, register_solvers, solve_cg
 
-__all__ = ["CONJUGATE_GRADIENT", "SGLEngine", "SharedBatches", "build_sgl_engine", "register_solvers", "solve_cg"]
+__all__ = [
+    "CONJUGATE_GRADIENT",
+    "SGLEngine",
+    "SharedBatches",
+    "build_sgl_engine",
+    "register_solvers",
+    "solve_cg",
+]

@@ -21,6 +21,13 @@ def _to_device(batch, device):
     return batch
 
 
+def _shuffle_generator(source) -> torch.Generator | None:
+    generator = getattr(getattr(source, "sampler", None), "generator", None)
+    if generator is None:
+        generator = getattr(source, "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
+
+
 class SharedBatches:
     """Restartable per-split iterators with a per-step cache.
 
@@ -37,6 +44,7 @@ class SharedBatches:
         self.epochs = {name: 0 for name in self.sources}
         self.batches_in_epoch = {name: 0 for name in self.sources}
         self._iterators = {}
+        self._epoch_start_generator = {}
         self._current = {}
         self.step = 0
 
@@ -47,20 +55,36 @@ class SharedBatches:
 
     def get(self, split: str):
         if split not in self._current:
-            self._current[split] = _to_device(self._normalise(split, self._next(split)), self.device)
+            self._current[split] = _to_device(
+                self._normalise(split, self._next(split)), self.device
+            )
         return self._current[split]
+
+    def _start_epoch(self, split: str) -> None:
+        source = self.sources[split]
+        # A DistributedSampler reshuffles per epoch only when told which epoch it is.
+        sampler = getattr(source, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epochs[split])
+        # The shuffle of an epoch is drawn from the loader's generator when its iterator is made;
+        # its state then is what a resumed run needs to replay the same order.
+        generator = _shuffle_generator(source)
+        self._epoch_start_generator[split] = (
+            generator.get_state() if generator is not None else None
+        )
+        self._iterators[split] = iter(source)
 
     def _next(self, split: str):
         if split not in self.sources:
             raise KeyError(f"no data was given for the {split!r} split")
         if split not in self._iterators:
-            self._iterators[split] = iter(self.sources[split])
+            self._start_epoch(split)
         try:
             batch = next(self._iterators[split])
         except StopIteration:
             self.epochs[split] += 1
             self.batches_in_epoch[split] = 0
-            self._iterators[split] = iter(self.sources[split])
+            self._start_epoch(split)
             try:
                 batch = next(self._iterators[split])
             except StopIteration:
@@ -71,10 +95,48 @@ class SharedBatches:
         self.batches_in_epoch[split] += 1
         return batch
 
+    def state_dict(self) -> dict:
+        """The data position: per split the epoch, the batches taken in it and its shuffle seed."""
+        return {
+            "step": self.step,
+            "splits": {
+                split: {
+                    "epochs": self.epochs[split],
+                    "batches_in_epoch": self.batches_in_epoch[split],
+                    "generator": self._epoch_start_generator.get(split),
+                    "started": split in self._iterators,
+                }
+                for split in self.sources
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Return to a saved data position by replaying the epoch's order up to it."""
+        self.step = state["step"]
+        self._current.clear()
+        self._iterators.clear()
+        for split, saved in state["splits"].items():
+            if split not in self.sources or not saved["started"]:
+                continue
+            self.epochs[split] = saved["epochs"]
+            generator = _shuffle_generator(self.sources[split])
+            if generator is not None and saved["generator"] is not None:
+                generator.set_state(saved["generator"])
+            sampler = getattr(self.sources[split], "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epochs[split])
+            self._epoch_start_generator[split] = saved["generator"]
+            self._iterators[split] = iter(self.sources[split])
+            for _ in range(saved["batches_in_epoch"]):
+                next(self._iterators[split])
+            self.batches_in_epoch[split] = saved["batches_in_epoch"]
+
     def _normalise(self, split: str, batch):
         if split in self.LABELED:
             if not (isinstance(batch, (list, tuple)) and len(batch) >= 2):
-                raise ValueError(f"the {split!r} data must yield (x, y) pairs, got {type(batch).__name__}")
+                raise ValueError(
+                    f"the {split!r} data must yield (x, y) pairs, got {type(batch).__name__}"
+                )
             return batch[0], batch[1]
         if isinstance(batch, (list, tuple)):
             return batch[0]

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from betty.configs import Config, EngineConfig
 
-from sgl_betty.problems import ArchStage, Peer, ValidatedLearner, VStage, WStage
 from sgl_betty.config import SGLConfig
 from sgl_betty.learner import Learner
+from sgl_betty.problems import ArchStage, Peer, ValidatedLearner, VStage, WStage
 
 from .batches import SharedBatches
 from .sgl_engine import SGLEngine
@@ -70,7 +70,9 @@ def build_sgl_engine(
     config = config or SGLConfig()
     learners = list(learners)
     if len(learners) < 1:
-        raise ValueError("SGL needs at least one learner (K >= 1); K = 1 is the single-learner method")
+        raise ValueError(
+            "SGL needs at least one learner (K >= 1); K = 1 is the single-learner method"
+        )
     if not all(isinstance(learner, Learner) for learner in learners):
         raise TypeError("learners must be sgl_betty.Learner objects")
     num = len(learners)
@@ -79,14 +81,18 @@ def build_sgl_engine(
             raise ValueError("K > 1 learners pseudo-label unlabeled data: pass `unlabeled` data")
         missing = [k for k, learner in enumerate(learners) if learner.v_net is None]
         if missing:
-            raise ValueError(f"learners {missing} have no v_net; with K > 1 every learner needs V_k")
+            raise ValueError(
+                f"learners {missing} have no v_net; with K > 1 every learner needs V_k"
+            )
     if train_iters < 1:
         raise ValueError(f"train_iters must be >= 1 (got {train_iters})")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     register_solvers()
 
-    batches = SharedBatches({"train": train, "val": val, "unlabeled": unlabeled if num > 1 else None})
+    batches = SharedBatches(
+        {"train": train, "val": val, "unlabeled": unlabeled if num > 1 else None}
+    )
     shared = dict(batches=batches, sgl=config)
     hypergrad = config.hypergrad.type
     v_stages, w_stages, arch_stages = [], [], []
@@ -113,7 +119,9 @@ def build_sgl_engine(
                 optimizer=learner.w_optimizer(learner.w_net.parameters()),
                 scheduler=None,
                 # Betty's warm-up on W delays the first call of W's uppers (the architectures).
-                betty_config=lower_problem_config(config, config.grad_clip_w, config.arch_warmup_steps),
+                betty_config=lower_problem_config(
+                    config, config.grad_clip_w, config.arch_warmup_steps
+                ),
                 **shared,
             )
         )
@@ -163,7 +171,10 @@ def build_sgl_engine(
     # Betty rebuilt each optimizer from its class and defaults; rebuild from the user's factory
     # so per-group settings survive, then attach schedulers to the optimizers actually stepped.
     for k, learner in enumerate(learners):
-        stages = [(w_stages[k], learner.w_optimizer, learner.w_scheduler), (arch_stages[k], learner.arch_optimizer, None)]
+        stages = [
+            (w_stages[k], learner.w_optimizer, learner.w_scheduler),
+            (arch_stages[k], learner.arch_optimizer, None),
+        ]
         if num > 1:
             stages.append((v_stages[k], learner.v_optimizer, learner.v_scheduler))
         for stage, make_optimizer, make_scheduler in stages:

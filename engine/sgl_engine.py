@@ -8,37 +8,99 @@ Algorithm 1 (all V, then all W, then all A). This class only adds what Betty lac
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
+import torch.distributed as dist
 from betty.engine import Engine
 from betty.logging.logger_base import get_logger
 
 from .batches import SharedBatches
 
 
+def launched_distributed() -> bool:
+    """True when started by torchrun (or another launcher) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 class SGLEngine(Engine):
-    def __init__(self, problems, config, dependencies, batches: SharedBatches, device, num_learners: int):
+    def __init__(
+        self, problems, config, dependencies, batches: SharedBatches, device, num_learners: int
+    ):
         self.requested_device = torch.device(device)
         self.batches = batches
         self.num_learners = num_learners
+        self.distributed = launched_distributed()
         # Betty logs every problem's wiring at INFO; with 3K problems that buries the run's output.
         get_logger().setLevel(logging.WARNING)
         super().__init__(problems, config=config, dependencies=dependencies)
         self.stages = {(p.role, p.learner): p for p in self.problems}
+        if self.distributed:
+            self._start_data_parallel()
 
     def configure_systems(self):
+        """Device and processes. Under a launcher (torchrun) every process runs the whole graph on
+        its shard of each batch, and gradients are averaged across processes before every
+        optimizer step. Betty's own strategy wraps modules in DDP, which needs CUDA
+        (it divides by the GPU count) and does not see the autograd.grad calls of the
+        hypergradient solvers; this works on CPU (gloo) and GPU (nccl) alike."""
         dist_dict = super().configure_systems()
-        if self._strategy in ("default", "cpu", "gpu"):
-            self.device = self.requested_device
+        self.device = self.requested_device
+        if self.distributed:
+            if not dist.is_initialized():
+                backend = "nccl" if self.requested_device.type == "cuda" else "gloo"
+                dist.init_process_group(backend=backend)
+            self._world_size = dist.get_world_size()
+            self._rank = dist.get_rank()
+            self._local_rank = int(os.environ.get("LOCAL_RANK", self._rank))
+            if self.requested_device.type == "cuda":
+                torch.cuda.set_device(self._local_rank)
+                self.device = torch.device("cuda", self._local_rank)
+            dist_dict.update(
+                world_size=self._world_size, rank=self._rank, local_rank=self._local_rank
+            )
         self.batches.device = self.device
         return dist_dict
+
+    def _start_data_parallel(self) -> None:
+        for problem in self.problems:
+            for tensor in list(problem.module.parameters()) + list(problem.module.buffers()):
+                dist.broadcast(tensor.data, src=0)
+            problem.world_size = self._world_size
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return max(self._world_size, 1)
+
+    def state_dict(self) -> dict:
+        """Everything the graph needs to continue exactly: per problem its module, optimizer,
+        scheduler and step count; the engine's step; the data position."""
+        return {
+            "global_step": self.global_step,
+            "problems": {p.name: {**p.state_dict(), "count": p._count} for p in self.problems},
+            "batches": self.batches.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = state["global_step"]
+        for problem in self.problems:
+            saved = state["problems"][problem.name]
+            problem.load_state_dict(saved)
+            problem._count = saved["count"]
+        self.batches.load_state_dict(state["batches"])
 
     def problem(self, role: str, learner: int):
         """The Betty problem of a stage: role in {"v", "w", "arch"}, learner index from 0."""
         try:
             return self.stages[(role, learner)]
         except KeyError:
-            raise KeyError(f"no {role!r} stage for learner {learner} (K = {self.num_learners})") from None
+            raise KeyError(
+                f"no {role!r} stage for learner {learner} (K = {self.num_learners})"
+            ) from None
 
     def train_step(self):
         self.batches.advance()
@@ -58,7 +120,9 @@ class SGLEngine(Engine):
     def metrics(self) -> dict[str, float]:
         """The last step's metrics as flat floats: ``learner{k}/{stage}_{name}``."""
         flat: dict[str, float] = {}
-        for (role, learner), problem in sorted(self.stages.items(), key=lambda item: (item[0][1], item[0][0])):
+        for (role, learner), problem in sorted(
+            self.stages.items(), key=lambda item: (item[0][1], item[0][0])
+        ):
             for name, value in problem.last_metrics.items():
                 value = value.item() if isinstance(value, torch.Tensor) else float(value)
                 flat[f"learner{learner}/{role}_{name}"] = value

@@ -5,4 +5,12 @@ from .base import NonFiniteError, SGLStage
 from .v_stage import VStage
 from .w_stage import Peer, WStage
 
-__all__ = ["ArchStage", "NonFiniteError", "Peer", "SGLStage", "VStage", "ValidatedLearner", "WStage"]
+__all__ = [
+    "ArchStage",
+    "NonFiniteError",
+    "Peer",
+    "SGLStage",
+    "VStage",
+    "ValidatedLearner",
+    "WStage",
+]

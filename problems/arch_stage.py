@@ -24,7 +24,9 @@ class ValidatedLearner:
 class ArchStage(SGLStage):
     role = "arch"
 
-    def __init__(self, learner, architecture, group: list[ValidatedLearner], own_loss_only: bool, **kwargs):
+    def __init__(
+        self, learner, architecture, group: list[ValidatedLearner], own_loss_only: bool, **kwargs
+    ):
         super().__init__(learner, architecture, **kwargs)
         self.group = group
         # Without upper-to-lower edges (first-order) only learner k's own term has a gradient
@@ -49,7 +51,7 @@ class ArchStage(SGLStage):
         return total
 
     def grad_callback(self):
-        # Betty calls this after the hypergradient is in .grad and before the optimizer step.
+        super().grad_callback()
         self.last_hypergrad = [
             p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
             for p in self.trainable_parameters()

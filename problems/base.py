@@ -17,7 +17,8 @@ def detach_tree(value):
     if isinstance(value, dict):
         return {key: detach_tree(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(detach_tree(item) for item in value)
+        items = [detach_tree(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
 
@@ -37,7 +38,9 @@ class SGLStage(ImplicitProblem):
 
     role: str = ""
 
-    def __init__(self, learner, module, optimizer, scheduler, batches, sgl: SGLConfig, betty_config: Config):
+    def __init__(
+        self, learner, module, optimizer, scheduler, batches, sgl: SGLConfig, betty_config: Config
+    ):
         super().__init__(
             name=f"{self.role}_{learner}",
             config=betty_config,
@@ -53,6 +56,8 @@ class SGLStage(ImplicitProblem):
         self.descending = False
         # The unrolled hypergradient (paper Eq. 8-11) scales by the step size just taken.
         self.neumann_alpha_follows_lr = False
+        # > 1 when the engine runs data-parallel: gradients are averaged before each step.
+        self.world_size = 1
         self.last_metrics: dict[str, torch.Tensor | float] = {}
 
     def get_loss(self, batch):
@@ -68,6 +73,15 @@ class SGLStage(ImplicitProblem):
             self.config.neumann_alpha = lr
         self.last_metrics.update(loss=loss_dict["loss"], lr=lr)
         return loss, loss_dict
+
+    def grad_callback(self):
+        # Betty calls this between the backward pass (hypergradient included) and the step.
+        if self.world_size > 1:
+            for param in self.trainable_parameters():
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad.div_(self.world_size)
 
     def fail_non_finite(self, what: str, value) -> None:
         raise NonFiniteError(

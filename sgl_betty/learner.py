@@ -44,7 +44,9 @@ class Learner:
     def __post_init__(self) -> None:
         for name in ("arch", "w_net"):
             if not isinstance(getattr(self, name), nn.Module):
-                raise TypeError(f"Learner.{name} must be an nn.Module, got {type(getattr(self, name))}")
+                raise TypeError(
+                    f"Learner.{name} must be an nn.Module, got {type(getattr(self, name))}"
+                )
         if self.v_net is not None and not isinstance(self.v_net, nn.Module):
             raise TypeError(f"Learner.v_net must be an nn.Module or None, got {type(self.v_net)}")
         if self.v_net is not None and self.v_net is self.w_net:

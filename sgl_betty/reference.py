@@ -40,7 +40,9 @@ class Gates(nn.Module):
 class GatedLinear(nn.Module):
     def __init__(self, features: int, outputs: int, generator: torch.Generator):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(features, outputs, generator=generator, dtype=torch.float64))
+        self.weight = nn.Parameter(
+            torch.randn(features, outputs, generator=generator, dtype=torch.float64)
+        )
 
     def forward(self, x, gate):
         return (x * gate) @ self.weight
@@ -68,7 +70,10 @@ class Problem:
         x_train, x_val = randn(n, features), randn(n, features)
         y_train = x_train @ true_map + 0.3 * randn(n, outputs)
         y_val = x_val @ true_map + 0.3 * randn(n, outputs)
-        gates = [0.5 + torch.rand(features, generator=g, dtype=torch.float64) for _ in range(num_learners)]
+        gates = [
+            0.5 + torch.rand(features, generator=g, dtype=torch.float64)
+            for _ in range(num_learners)
+        ]
         return cls(x_train, y_train, x_val, y_val, randn(m, features), gates, rho, lam)
 
     # -- closed form -------------------------------------------------------------------
@@ -177,7 +182,11 @@ def converged_engine(problem: Problem, hypergrad: HypergradConfig, steps: int = 
 def exact_solver(kind: str, problem: Problem) -> HypergradConfig:
     """A solver setting that is exact on ``problem`` to machine precision."""
     if kind == "neumann":
-        return HypergradConfig(type="neumann", neumann_iterations=300, neumann_alpha=1.0 / problem.largest_curvature())
+        return HypergradConfig(
+            type="neumann", neumann_iterations=300, neumann_alpha=1.0 / problem.largest_curvature()
+        )
     if kind == "cg":
-        return HypergradConfig(type="cg", cg_iterations=4 * problem.x_train.shape[1] * problem.y_train.shape[1])
+        return HypergradConfig(
+            type="cg", cg_iterations=4 * problem.x_train.shape[1] * problem.y_train.shape[1]
+        )
     raise ValueError(f"no exact setting for {kind!r}; choose neumann or cg")

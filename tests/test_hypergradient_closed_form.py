@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+
 from sgl_betty import HypergradConfig
 from sgl_betty.reference import Problem, converged_engine, exact_solver, mse
-
 
 
 def relative_error(got, expected):

@@ -8,6 +8,7 @@ from .cifar import (
     load_cifar,
     write_local_checksums,
 )
+from .imagenet import load_imagenet
 from .loaders import (
     DATASETS,
     PAPER_UNLABELED,
@@ -39,6 +40,7 @@ __all__ = [
     "build_search_data",
     "darts_split",
     "load_cifar",
+    "load_imagenet",
     "make_synthetic",
     "write_local_checksums",
 ]

@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sgl_betty.config import HYPERGRAD_TYPES, HypergradConfig, SGLConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-SEARCH_METHODS = ("darts", "pc_darts", "p_darts", "darts_minus")
 DATASETS = ("cifar100", "cifar10", "synthetic")
 UNLABELED = ("cifar10", "cifar100", "train", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
+WANDB_MODES = ("online", "offline", "disabled")
+EVAL_LEARNERS = ("best", "all")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,21 @@ class SearchSchema:
     detach_pseudo_labels: bool = False
     # Batches of D_val for the final search validation accuracy (None: all of D_val).
     val_batches: int | None = None
+    # PC-DARTS: an edge's ops see 1/pc_partial_channels of its channels (the reference's K = 4).
+    pc_partial_channels: int = 4
+    # DARTS-: how the auxiliary skip's weight beta falls from 1 to 0 (linear or cosine).
+    darts_minus_decay: str = "linear"
+    # P-DARTS stages (one entry per stage): cells search.layers + pdarts_add_layers[s] (5, 11, 17),
+    # candidate ops kept per edge after the stage (8 -> 5 -> 3 -> 1), initial rate of the dropout
+    # after skip_connect (the P-DARTS paper's CIFAR-100 rates; CIFAR-10: 0.0, 0.4, 0.7).
+    # search.epochs and search.arch_warmup_epochs apply to every stage.
+    pdarts_add_layers: list[int] = field(default_factory=lambda: [0, 6, 12])
+    pdarts_ops_kept: list[int] = field(default_factory=lambda: [5, 3, 1])
+    pdarts_skip_dropout: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
+    # Once the architecture trains, the skip dropout decays as exp(-pdarts_dropout_decay * epoch).
+    pdarts_dropout_decay: float = 0.2
+    # Skip-connects allowed in the final normal cell (the reference's M = 2).
+    pdarts_max_skip_connects: int = 2
 
 
 @dataclass
@@ -98,9 +114,80 @@ class RunSchema:
 
 
 @dataclass
+class ImageNetSchema:
+    """The ImageNet evaluation data (DARTS's train_imagenet.py): an ImageFolder with train/ and
+    val/ subfolders, one folder per class in each."""
+
+    root: str = "data/imagenet"
+    # 224 in the reference; small values make CPU tests fast (a multiple of 32: the network
+    # halves it five times).
+    crop_size: int = 224
+    # Side the test images are resized to before the centre crop; None: crop_size * 8 / 7 (256).
+    resize_size: int | None = None
+    # ColorJitter brightness, contrast, saturation, hue of the training augmentation.
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.2])
+
+
+@dataclass
+class EvalSchema:
+    """Training a found cell from scratch (the paper's Section 3.2, DARTS's train.py)."""
+
+    # A name in sgl_betty.genotypes.PUBLISHED (DARTS_V2) or "<search run folder>:<learner>".
+    genotype: str | None = None
+    # With --stage all: "best" (highest search val acc) or "all" learners' genotypes.
+    learners: str = "best"
+    epochs: int = 600
+    batch_size: int = 96
+    init_channels: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    cutout: bool = True
+    cutout_length: int = 16
+    drop_path_prob: float = 0.2
+    grad_clip: float = 5.0
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    # None: full passes; numbers cap an epoch / the test pass (quick runs).
+    steps_per_epoch: int | None = None
+    test_batches: int | None = None
+    # None: data.dataset (the searched CIFAR, or synthetic); "imagenet": eval.imagenet.
+    dataset: str | None = None
+    # "cosine" to 0 over the epochs (DARTS CIFAR) or "step": times lr_gamma every
+    # lr_decay_period epochs (DARTS ImageNet).
+    lr_schedule: str = "cosine"
+    lr_gamma: float = 0.97
+    lr_decay_period: int = 1
+    label_smoothing: float = 0.0
+    imagenet: ImageNetSchema = field(default_factory=ImageNetSchema)
+
+
+@dataclass
+class TrackingSchema:
+    """Weights & Biases; nobody needs an account: offline runs sync later with `wandb sync`."""
+
+    wandb: bool = False
+    project: str = "sgl-betty"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "offline"
+    figures: bool = True
+
+
+@dataclass
+class CheckpointSchema:
+    # Also written at the end of every epoch; 0 disables the periodic checkpoints.
+    every_steps: int = 100
+
+
+@dataclass
 class RunConfig:
     preset: str = "paper"
     seed: int = 2
+    # Several seeds (e.g. [1, 2, 3]) run the same setting once per seed and report mean and std.
+    seeds: list[int] | None = None
     learners: int = 2
     lam: float = 0.1
     device: str = "auto"
@@ -108,11 +195,16 @@ class RunConfig:
     hypergrad: HypergradSchema = field(default_factory=HypergradSchema)
     data: DataSchema = field(default_factory=DataSchema)
     run: RunSchema = field(default_factory=RunSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+    checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
 
 
 def _check_choice(key: str, value: Any, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        raise ConfigError(
+            f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}"
+        )
 
 
 def _check_positive(cfg: DictConfig, *keys: str, allow_zero: bool = False) -> None:
@@ -128,14 +220,20 @@ def _check_positive(cfg: DictConfig, *keys: str, allow_zero: bool = False) -> No
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
     if cfg.learners < 1:
-        raise ConfigError(f"learners={cfg.learners} is invalid; SGL needs K >= 1 (K = 1 is the plain method)")
+        raise ConfigError(
+            f"learners={cfg.learners} is invalid; SGL needs K >= 1 (K = 1 is the plain method)"
+        )
     if not cfg.lam >= 0:
         raise ConfigError(f"lam={cfg.lam} is invalid; the pseudo-label weight must be >= 0")
-    _check_choice("search.method", cfg.search.method, SEARCH_METHODS)
+    from .methods import SEARCH_METHODS  # the registry: methods register themselves on import
+
+    _check_choice("search.method", cfg.search.method, sorted(SEARCH_METHODS))
     _check_choice("hypergrad.type", cfg.hypergrad.type, HYPERGRAD_TYPES)
     _check_choice("data.dataset", cfg.data.dataset, DATASETS)
     _check_choice("data.unlabeled", cfg.data.unlabeled, UNLABELED)
     _check_choice("device", cfg.device, DEVICES)
+    _check_choice("tracking.mode", cfg.tracking.mode, WANDB_MODES)
+    _check_choice("eval.learners", cfg.eval.learners, EVAL_LEARNERS)
     if cfg.data.unlabeled == cfg.data.dataset and cfg.data.dataset != "synthetic":
         raise ConfigError(
             f"data.unlabeled={cfg.data.unlabeled!r} equals data.dataset: D_u would contain D_val's images; "
@@ -158,6 +256,14 @@ def validate(cfg: DictConfig) -> None:
         "hypergrad.cg_alpha",
         "data.limit",
         "data.image_size",
+        "eval.epochs",
+        "eval.batch_size",
+        "eval.init_channels",
+        "eval.layers",
+        "eval.lr",
+        "eval.steps_per_epoch",
+        "eval.test_batches",
+        "eval.cutout_length",
     )
     _check_positive(
         cfg,
@@ -169,42 +275,64 @@ def validate(cfg: DictConfig) -> None:
         "search.weight_lr_min",
         "hypergrad.neumann_iterations",
         "data.num_workers",
+        "eval.auxiliary_weight",
+        "eval.drop_path_prob",
+        "eval.grad_clip",
+        "eval.weight_decay",
+        "checkpoint.every_steps",
         allow_zero=True,
     )
     if not 0 < cfg.data.train_portion < 1:
         raise ConfigError(f"data.train_portion={cfg.data.train_portion} must be in (0, 1)")
     if cfg.search.layers < 3:
-        raise ConfigError(f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)")
+        raise ConfigError(
+            f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)"
+        )
 
 
 def preset_path(name: str, recipe: str | None = None, config_dir: Path = CONFIG_DIR) -> Path:
-    candidates = ([config_dir / recipe / f"{name}.yaml"] if recipe else []) + [config_dir / f"{name}.yaml"]
+    candidates = ([config_dir / recipe / f"{name}.yaml"] if recipe else []) + [
+        config_dir / f"{name}.yaml"
+    ]
     for path in candidates:
         if path.is_file():
             return path
-    known = sorted({p.stem for p in config_dir.glob("*.yaml")} | ({p.stem for p in (config_dir / recipe).glob("*.yaml")} if recipe else set()))
-    raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(known)} (in {config_dir})")
+    known = sorted(
+        {p.stem for p in config_dir.glob("*.yaml")}
+        | ({p.stem for p in (config_dir / recipe).glob("*.yaml")} if recipe else set())
+    )
+    raise ConfigError(
+        f"unknown preset {name!r}; available presets: {', '.join(known)} (in {config_dir})"
+    )
 
 
 def _preset_chain(name: str, recipe: str | None, config_dir: Path) -> list[DictConfig]:
     chain, seen = [], set()
-    while name is not None:
-        if name in seen:
-            raise ConfigError(f"preset {name!r} extends itself through 'base:'")
-        seen.add(name)
-        path = preset_path(name, recipe, config_dir)
+    path = preset_path(name, recipe, config_dir)
+    while True:
+        if path in seen:
+            raise ConfigError(f"preset {path} extends itself through 'base:'")
+        seen.add(path)
         layer = OmegaConf.load(path)
-        name = layer.pop("base", None)
+        base = layer.pop("base", None)
         chain.append(layer)
-    return list(reversed(chain))
+        if base is None:
+            return list(reversed(chain))
+        # A recipe preset may extend the general preset of the same name (cifar10/paper -> paper).
+        base_path = preset_path(str(base), recipe, config_dir)
+        path = preset_path(str(base), None, config_dir) if base_path == path else base_path
 
 
-def load_config(overrides: list[str] | None = None, recipe: str | None = None, config_dir: Path = CONFIG_DIR) -> DictConfig:
+def load_config(
+    overrides: list[str] | None = None, recipe: str | None = None, config_dir: Path = CONFIG_DIR
+) -> DictConfig:
     """Schema defaults <- preset YAML (with its bases) <- command-line overrides ``key=value``."""
     overrides = list(overrides or [])
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. hypergrad.type=neumann)")
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. hypergrad.type=neumann)"
+            )
     try:
         cli = OmegaConf.from_dotlist(overrides)
         preset = cli.get("preset", RunConfig.preset)
@@ -230,12 +358,33 @@ def config_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config a run folder was started with, plus overrides (to resume it)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (is it a run folder?)")
+    overrides = list(overrides or [])
+    try:
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(RunConfig), OmegaConf.load(path), OmegaConf.from_dotlist(overrides)
+        )
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
+    cfg.run.dir = str(run_dir)
+    validate(cfg)
+    return cfg
+
+
 def _describe(error: OmegaConfBaseException) -> str:
     key = getattr(error, "full_key", None)
     message = str(error).splitlines()[0]
     if isinstance(error, ConfigKeyError):
         close = difflib.get_close_matches(str(key), config_keys(), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(close)}?" if close else "; see `config_keys()` for every field"
+        hint = (
+            f"; did you mean {' or '.join(close)}?"
+            if close
+            else "; see `config_keys()` for every field"
+        )
         return f"unknown config key {key!r}{hint}"
     if key:
         return f"invalid value for {key}: {message}"

@@ -1,4 +1,5 @@
-"""Search spaces for differentiable NAS: the DARTS cell space and its candidate ops."""
+"""Search spaces for differentiable NAS: the DARTS cell space, its candidate ops, and the
+variants the paper composes SGL with (PC-DARTS, P-DARTS, DARTS-)."""
 
 from sgl_betty.search_space.darts import (
     Architecture,
@@ -9,17 +10,75 @@ from sgl_betty.search_space.darts import (
     reduction_indices,
     split_arch_weights,
 )
+from sgl_betty.search_space.darts_minus import (
+    AUXILIARY_SKIP_DECAYS,
+    AuxiliarySkipMixedOp,
+    DartsMinusCell,
+    DartsMinusSearchNetwork,
+    auxiliary_skip_weight,
+)
 from sgl_betty.search_space.ops import OPS, UnknownOperationError, build_op
+from sgl_betty.search_space.p_darts import (
+    OpDrop,
+    PDartsArchitecture,
+    PDartsCell,
+    PDartsPlan,
+    PDartsSearchNetwork,
+    PDartsStage,
+    SkipDropoutMixedOp,
+    SkipDropoutSchedule,
+    derive_p_darts_genotype,
+    drop_weakest_ops,
+    full_op_set,
+    limit_skip_connects,
+    skip_dropout_rate,
+)
+from sgl_betty.search_space.pc_darts import (
+    PartialChannelMixedOp,
+    PCDartsArchitecture,
+    PCDartsArchWeights,
+    PCDartsCell,
+    PCDartsSearchNetwork,
+    channel_shuffle,
+    normalize_edge_weights,
+    pc_darts_genotype,
+)
 
 __all__ = [
+    "AUXILIARY_SKIP_DECAYS",
     "OPS",
     "ArchWeights",
     "Architecture",
+    "AuxiliarySkipMixedOp",
     "Cell",
+    "DartsMinusCell",
+    "DartsMinusSearchNetwork",
     "MixedOp",
+    "OpDrop",
+    "PCDartsArchWeights",
+    "PCDartsArchitecture",
+    "PCDartsCell",
+    "PCDartsSearchNetwork",
+    "PDartsArchitecture",
+    "PDartsCell",
+    "PDartsPlan",
+    "PDartsSearchNetwork",
+    "PDartsStage",
+    "PartialChannelMixedOp",
     "SearchNetwork",
+    "SkipDropoutMixedOp",
+    "SkipDropoutSchedule",
     "UnknownOperationError",
+    "auxiliary_skip_weight",
     "build_op",
+    "channel_shuffle",
+    "derive_p_darts_genotype",
+    "drop_weakest_ops",
+    "full_op_set",
+    "limit_skip_connects",
+    "normalize_edge_weights",
+    "pc_darts_genotype",
     "reduction_indices",
+    "skip_dropout_rate",
     "split_arch_weights",
 ]

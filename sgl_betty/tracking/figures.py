@@ -1,0 +1,439 @@
+"""Pictures of a run, drawn from its run folder: cells, architecture weights, training curves.
+
+``draw_run_figures("runs/x")`` writes PNGs into ``runs/x/figures/`` from the files every run
+leaves behind (summary.json, genotypes.jsonl, metrics.jsonl), so the pictures of any run folder
+can be drawn again at any time:
+
+- ``cell_learner{k}_{normal,reduce}.png``: each learner's discrete cell as a graph;
+- ``weights_learner{k}_{param}.png``: softmaxed architecture weights, per edge, over epochs;
+- ``curves_learner{k}.png`` (``curves.png`` for an evaluation run): loss and accuracy per step.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas and never touch pyplot's
+global state, so drawing works in threads, on headless machines and inside a training process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyArrowPatch
+from matplotlib.ticker import MaxNLocator
+
+from sgl_betty.genotypes import PRIMITIVES, num_edges
+
+from .run_folder import atomic_write_bytes, read_jsonl
+from .tracker import run_name
+
+FIGURE_DPI = 100
+# (width, height) in inches; at FIGURE_DPI every PNG of a kind has the same size in pixels.
+CELL_FIGSIZE = (8.0, 4.0)
+WEIGHTS_FIGSIZE = (14.0, 6.0)
+CURVES_FIGSIZE = (12.0, 4.5)
+FIGURES_DIR = "figures"
+
+_INPUT_COLOR = "#a6dba0"
+_NODE_COLOR = "#92c5de"
+_OUTPUT_COLOR = "#fddbc7"
+_NODE_RADIUS = 0.32
+
+
+def input_name(index: int) -> str:
+    """Input ``index`` of a cell's node as the DARTS paper writes it: c_{k-2}, c_{k-1}, 0, 1, ..."""
+    return ("c_{k-2}", "c_{k-1}")[index] if index < 2 else str(index - 2)
+
+
+def edge_names(steps: int) -> list[str]:
+    """Row labels of an architecture weight table: ``c_{k-2} -> 0``, ``c_{k-1} -> 0``, ..."""
+    return [
+        f"{input_name(source)} -> {node}" for node in range(steps) for source in range(2 + node)
+    ]
+
+
+def _mathtext(name: str) -> str:
+    return f"${name}$" if name.startswith("c_") else name
+
+
+def _edge_label(name: str) -> str:
+    return re.sub(r"c_\{k-[12]\}", lambda match: f"${match.group(0)}$", name)
+
+
+def save_png(figure: Figure, path: str | Path) -> Path:
+    """Render ``figure`` with Agg at FIGURE_DPI and write it atomically: a reader never sees half a PNG."""
+    path = Path(path)
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _cell_layout(steps: int) -> dict[str, tuple[float, float]]:
+    spacing = 1.6
+    positions = {"c_{k-2}": (0.0, 1.2), "c_{k-1}": (0.0, -1.2)}
+    for node in range(steps):
+        positions[str(node)] = (spacing * (node + 1), 0.75 if node % 2 == 0 else -0.75)
+    positions["c_{k}"] = (spacing * (steps + 1), 0.0)
+    return positions
+
+
+def _distance_to_segment(point, start, end) -> float:
+    point, start, end = (np.asarray(p, dtype=float) for p in (point, start, end))
+    direction = end - start
+    t = np.clip(np.dot(point - start, direction) / np.dot(direction, direction), 0.0, 1.0)
+    return float(np.linalg.norm(point - (start + t * direction)))
+
+
+def _bend(source, target, obstacles) -> float:
+    """The ``arc3`` rad of an edge: straight unless a node sits on the straight line; then
+    bent away from the cell's middle line, so that long edges go around the nodes."""
+    if not any(_distance_to_segment(p, source, target) < 1.4 * _NODE_RADIUS for p in obstacles):
+        return 0.0
+    dx = target[0] - source[0]
+    upward = (source[1] + target[1]) >= 0
+    # arc3 puts its control point at midpoint + rad * (dy, -dx): a negative rad bends a
+    # rightward edge upwards.
+    return (-0.3 if upward else 0.3) * (1.0 if dx >= 0 else -1.0)
+
+
+def _arc_midpoint(source, target, rad: float) -> tuple[float, float]:
+    # The quadratic Bezier that arc3 draws passes at t=1/2 through midpoint + rad/2 * (dy, -dx).
+    dx, dy = target[0] - source[0], target[1] - source[1]
+    return ((source[0] + target[0]) / 2 + rad * dy / 2, (source[1] + target[1]) / 2 - rad * dx / 2)
+
+
+def draw_cell(
+    edges: Sequence[Sequence[Any]], concat: Sequence[int], path: str | Path, title: str = ""
+) -> Path:
+    """One cell of a genotype as a graph: inputs c_{k-2}, c_{k-1}, nodes 0..steps-1, output c_{k}.
+
+    ``edges`` are the genotype's ``(op, input)`` pairs, two per node in node order (as in
+    ``Genotype.normal``); ``concat`` lists the inputs whose outputs form c_{k}.
+    """
+    if len(edges) % 2:
+        raise ValueError(f"a cell has two edges per node; got {len(edges)} edges")
+    steps = len(edges) // 2
+    positions = _cell_layout(steps)
+    figure = Figure(figsize=CELL_FIGSIZE, layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_aspect("equal")
+    axes.axis("off")
+    xs = [x for x, _ in positions.values()]
+    axes.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    axes.set_ylim(-1.9, 1.9)
+    if title:
+        axes.set_title(title)
+
+    op_colors = {op: f"C{index % 10}" for index, op in enumerate(PRIMITIVES)}
+    circles = {}
+    for name, (x, y) in positions.items():
+        fill = (
+            _INPUT_COLOR
+            if name in ("c_{k-2}", "c_{k-1}")
+            else _OUTPUT_COLOR
+            if name == "c_{k}"
+            else _NODE_COLOR
+        )
+        circles[name] = Circle((x, y), _NODE_RADIUS, facecolor=fill, edgecolor="0.3", zorder=3)
+        axes.add_patch(circles[name])
+        axes.text(x, y, _mathtext(name), fontsize=11, ha="center", va="center", zorder=4)
+
+    named_edges = [
+        (input_name(int(source)), str(index // 2), str(op))
+        for index, (op, source) in enumerate(edges)
+    ]
+    named_edges += [(input_name(int(index)), "c_{k}", "") for index in concat]
+    for source_name, target_name, op in named_edges:
+        source, target = positions[source_name], positions[target_name]
+        obstacles = [p for name, p in positions.items() if name not in (source_name, target_name)]
+        rad = _bend(source, target, obstacles)
+        color = op_colors.get(op, "0.45") if op else "0.6"
+        axes.add_patch(
+            FancyArrowPatch(
+                source,
+                target,
+                patchA=circles[source_name],
+                patchB=circles[target_name],
+                arrowstyle="-|>",
+                mutation_scale=12,
+                connectionstyle=f"arc3,rad={rad}",
+                color=color,
+                linewidth=1.6 if op else 1.0,
+                linestyle="-" if op else "--",
+                shrinkA=1,
+                shrinkB=1,
+                zorder=2,
+            )
+        )
+        if op:
+            x, y = _arc_midpoint(source, target, rad)
+            axes.text(
+                x,
+                y,
+                op,
+                fontsize=7.5,
+                ha="center",
+                va="center",
+                color=color,
+                zorder=5,
+                bbox={
+                    "boxstyle": "round,pad=0.15",
+                    "facecolor": "white",
+                    "edgecolor": "none",
+                    "alpha": 0.85,
+                },
+            )
+    return save_png(figure, path)
+
+
+def _steps_for(rows: int) -> int | None:
+    for steps in range(1, 64):
+        if num_edges(steps) == rows:
+            return steps
+        if num_edges(steps) > rows:
+            return None
+    return None
+
+
+def draw_weight_heatmaps(
+    weights_by_epoch: Sequence[Any],
+    path: str | Path,
+    epochs: Sequence[int] | None = None,
+    title: str = "",
+    op_names: Sequence[str] | None = None,
+) -> Path:
+    """Softmaxed architecture weights over epochs as heatmaps.
+
+    ``weights_by_epoch[e]`` is one parameter after epoch ``epochs[e]``: an ``(edges, ops)``
+    table (DARTS's alphas) gives one panel per edge, ops against epochs; an ``(edges,)`` vector
+    (PC-DARTS's edge betas) gives one panel, edges against epochs. All panels share one colour
+    scale, so the panels can be compared with each other.
+    """
+    values = np.asarray(weights_by_epoch, dtype=float)
+    if values.ndim == 2:
+        values = values[:, :, None]
+    if values.ndim != 3 or values.shape[0] == 0:
+        raise ValueError(
+            "weights_by_epoch must be a list over epochs of (edges, ops) tables or (edges,) vectors; "
+            f"got shape {values.shape}"
+        )
+    num_epochs, rows, ops = values.shape
+    epochs = list(range(num_epochs)) if epochs is None else list(epochs)
+    steps = _steps_for(rows)
+    row_names = edge_names(steps) if steps else [f"edge {row}" for row in range(rows)]
+    if op_names is None:
+        op_names = list(PRIMITIVES) if ops == len(PRIMITIVES) else [f"op {op}" for op in range(ops)]
+    # The data's own range: at the start of a search all weights sit near 1/ops, and a scale
+    # from 0 would paint them one colour; the colour bar shows the range.
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    scale = Normalize(vmin=low, vmax=high if high > low else low + 1e-9)
+
+    figure = Figure(figsize=WEIGHTS_FIGSIZE)
+    # A fixed layout: constrained layout costs a second per figure with 14 panels.
+    figure.subplots_adjust(left=0.08, right=0.9, top=0.88, bottom=0.1, wspace=0.08, hspace=0.35)
+    if title:
+        figure.suptitle(title)
+    style = {"aspect": "auto", "interpolation": "nearest", "cmap": "viridis", "norm": scale}
+    if ops == 1:
+        axes = figure.add_subplot()
+        image = axes.imshow(values[:, :, 0].T, **style)
+        axes.set_yticks(range(rows), [_edge_label(name) for name in row_names], fontsize=7)
+        _epoch_ticks(axes, epochs)
+    else:
+        columns = min(rows, 7)
+        grid = figure.subplots(math.ceil(rows / columns), columns, squeeze=False)
+        for row, axes in enumerate(grid.flat):
+            if row >= rows:
+                axes.axis("off")
+                continue
+            image = axes.imshow(values[:, row, :].T, **style)
+            axes.set_title(_edge_label(row_names[row]), fontsize=8)
+            _epoch_ticks(axes, epochs)
+            if row % columns == 0:
+                axes.set_yticks(range(ops), op_names, fontsize=6)
+            else:
+                axes.set_yticks([])
+    figure.colorbar(image, cax=figure.add_axes((0.92, 0.15, 0.012, 0.7)), label="softmax weight")
+    return save_png(figure, path)
+
+
+def _epoch_ticks(axes, epochs: list[int]) -> None:
+    shown = sorted({0, len(epochs) - 1, (len(epochs) - 1) // 2})
+    axes.set_xticks(shown, [str(epochs[index]) for index in shown], fontsize=7)
+    axes.set_xlabel("epoch", fontsize=7)
+
+
+def _curve_groups(rows: list[dict]) -> dict[str, list[str]]:
+    """Metric names by learner prefix (``learner0/...``); names without a prefix under ""."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            name = key.rsplit("/", 1)[-1]
+            if not (name.endswith("_loss") or name.endswith("_acc") or name in ("loss", "acc")):
+                continue
+            prefix = key.rsplit("/", 1)[0] if "/" in key else ""
+            names = groups.setdefault(prefix, [])
+            if key not in names:
+                names.append(key)
+    return groups
+
+
+def draw_training_curves(
+    rows: Sequence[dict], keys: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Loss curves (left) and accuracy curves (right) of ``keys`` over the rows of metrics.jsonl.
+
+    The x axis is ``step`` when the rows have one (search runs), else ``epoch`` (evaluation runs).
+    Missing and null values (a non-finite loss is written as null) leave gaps.
+    """
+    axis_key = "step" if any("step" in row for row in rows) else "epoch"
+    figure = Figure(figsize=CURVES_FIGSIZE, layout="constrained")
+    if title:
+        figure.suptitle(title)
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    for axes, label in ((loss_axes, "loss"), (acc_axes, "accuracy")):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel(axis_key)
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    for key in keys:
+        points = [(row.get(axis_key), row.get(key)) for row in rows]
+        points = [
+            (x, y) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))
+        ]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        axes = acc_axes if key.endswith("acc") else loss_axes
+        axes.plot(
+            xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=key.rsplit("/", 1)[-1]
+        )
+    steps = sorted({row[axis_key] for row in rows if isinstance(row.get(axis_key), (int, float))})
+    for axes in (loss_axes, acc_axes):
+        if len(steps) == 1:
+            # One point: the locator would label fractions of a step around it.
+            axes.set_xticks(steps)
+        if axes.lines:
+            axes.legend(fontsize=8)
+    return save_png(figure, path)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        return read_jsonl(path)
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def _final_genotypes(summary: dict | None, architecture_rows: list[dict]) -> list[dict]:
+    if summary and isinstance(summary.get("genotypes"), list):
+        return summary["genotypes"]
+    if summary and isinstance(summary.get("genotype"), dict):
+        return [summary["genotype"]]
+    if architecture_rows:
+        return architecture_rows[-1].get("genotypes") or []
+    return []
+
+
+def _same_shape_tail(rows: list[dict], epochs: list[int], learner: int, param: str):
+    """The last epochs in which ``param`` kept its final shape (P-DARTS drops ops between
+    stages, so earlier epochs may have more columns)."""
+    series, kept = [], []
+    final_shape = None
+    for row, epoch in zip(reversed(rows), reversed(epochs), strict=True):
+        weights = row.get("weights") or []
+        value = weights[learner].get(param) if learner < len(weights) else None
+        shape = np.shape(value) if value is not None else None
+        final_shape = shape if final_shape is None else final_shape
+        if shape is None or shape != final_shape:
+            break
+        series.append(value)
+        kept.append(epoch)
+    return series[::-1], kept[::-1]
+
+
+def draw_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw every picture a run folder's files allow into ``<run_dir>/figures/``; return the paths.
+
+    Works on a finished run (cells from summary.json) and on one still running (cells from the
+    last line of genotypes.jsonl). A search run gets its cells, weights and curves per learner;
+    an evaluation run gets its evaluated cell and its curves.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / FIGURES_DIR
+    summary = _read_json(run_dir / "summary.json")
+    architecture_rows = _read_rows(run_dir / "genotypes.jsonl")
+    metric_rows = _read_rows(run_dir / "metrics.jsonl")
+    name = run_name(run_dir)
+    written: list[Path] = []
+
+    genotypes = _final_genotypes(summary, architecture_rows)
+    per_learner = len(genotypes) > 1 or bool(summary and "genotypes" in summary)
+    for learner, genotype in enumerate(genotypes):
+        tag = f"learner{learner}_" if per_learner else ""
+        who = f"learner {learner}, " if per_learner else ""
+        for cell in ("normal", "reduce"):
+            if cell not in genotype:
+                continue
+            concat = genotype.get(f"{cell}_concat") or []
+            written.append(
+                draw_cell(
+                    genotype[cell],
+                    concat,
+                    out_dir / f"cell_{tag}{cell}.png",
+                    f"{name}: {who}{cell} cell",
+                )
+            )
+
+    if architecture_rows:
+        epochs = [row.get("epoch", index) for index, row in enumerate(architecture_rows)]
+        learners = max(len(row.get("weights") or []) for row in architecture_rows)
+        for learner in range(learners):
+            params = (
+                architecture_rows[-1]["weights"][learner]
+                if learner < len(architecture_rows[-1]["weights"])
+                else {}
+            )
+            for param in params:
+                series, series_epochs = _same_shape_tail(architecture_rows, epochs, learner, param)
+                if not series or np.ndim(series[-1]) not in (1, 2):
+                    continue
+                written.append(
+                    draw_weight_heatmaps(
+                        series,
+                        out_dir / f"weights_learner{learner}_{_safe_name(param)}.png",
+                        epochs=series_epochs,
+                        title=f"{name}: learner {learner}, softmax({param}) over epochs",
+                    )
+                )
+
+    for prefix, keys in _curve_groups(metric_rows).items():
+        file_name = f"curves_{_safe_name(prefix)}.png" if prefix else "curves.png"
+        who = f": {prefix}" if prefix else ""
+        written.append(draw_training_curves(metric_rows, keys, out_dir / file_name, f"{name}{who}"))
+    return written
