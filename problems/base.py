@@ -87,7 +87,8 @@ class SGLStage(ImplicitProblem):
         raise NonFiniteError(
             f"non-finite {what} ({value}) in the {self.role} stage of learner {self.learner} "
             f"at step {self.batches.step}: lower the learning rate, enable gradient clipping "
-            "(grad_clip_*), or check the data for NaN/inf values"
+            "(search.grad_clip in the recipes, grad_clip_* in SGLConfig), or check the data "
+            "for NaN/inf values; the last checkpoint holds the state before this step"
         )
 
     def record(self, **metrics) -> None:

@@ -114,11 +114,19 @@ def genotype_to_dict(genotype: Genotype) -> dict[str, list]:
 
 def genotype_from_dict(data: Mapping[str, Any]) -> Genotype:
     """Inverse of ``genotype_to_dict``; use ``validate_genotype`` to check the result."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a genotype dict is needed, got {type(data).__name__}")
     missing = [field for field in GENOTYPE_FIELDS if field not in data]
     if missing:
         raise ValueError(
             f"genotype dict is missing {missing}; it needs the keys {list(GENOTYPE_FIELDS)}"
         )
+    for field in GENOTYPE_FIELDS:
+        if isinstance(data[field], str | bytes) or not isinstance(data[field], Sequence):
+            kind = (
+                "(op_name, input_index) pairs" if field in ("normal", "reduce") else "node indices"
+            )
+            raise ValueError(f"genotype {field!r} must be a list of {kind}, got {data[field]!r}")
     return Genotype(
         normal=[_edge_tuple(edge) for edge in data["normal"]],
         normal_concat=list(data["normal_concat"]),

@@ -1,0 +1,51 @@
+"""A search under torchrun with 2 CPU processes (gloo): every rank ends with the same architectures."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_keep_identical_architectures_and_write_once(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "benchmarks" / "cifar100.py"),
+        "preset=tiny",
+        "hypergrad.type=unrolled",
+        "search.epochs=2",
+        "device=cpu",
+        f"run.dir={run_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["processes"] == 2
+    rank0, rank1 = summary["arch_checksums"]
+    assert rank0 == rank1  # the architectures did not drift apart
+    assert len(set(rank0)) == 2  # two learners, two different architectures
+    assert len((run_dir / "genotypes.jsonl").read_text().splitlines()) == 2  # written once
+    architectures = torch.load(run_dir / "architecture.pt")
+    assert set(architectures) == {0, 1}
