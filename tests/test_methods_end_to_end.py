@@ -53,7 +53,9 @@ def check_genotypes(run_dir: Path, steps: int, learners: int) -> list:
 
 @pytest.mark.parametrize("method", ["pc_darts", "darts_minus", "p_darts"])
 def test_tiny_sgl_search_finishes_with_valid_genotypes(method, tmp_path):
-    cfg = tiny_config(method, tmp_path)
+    # P-DARTS stages grow by one cell each here (5/11/17 at full size) to stay tiny.
+    extra = ["search.pdarts_add_layers=[0,1,2]"] if method == "p_darts" else []
+    cfg = tiny_config(method, tmp_path, *extra)
     summary = run_search(cfg)
     assert summary["method"] == method and summary["learners"] == 2
     genotypes = check_genotypes(tmp_path, cfg.search.steps, 2)

@@ -2,8 +2,10 @@
 
 A method is looked up in ``SEARCH_METHODS`` (the ``search.method`` config field); a new one
 registers a builder with ``@register_method("name")``. The paper composes SGL with four:
-``darts``, ``pc_darts``, ``darts_minus`` and ``p_darts`` (its first stage only, until the search
-run loops over P-DARTS's stages: see ``p_darts_stage_modules``).
+``darts``, ``pc_darts``, ``darts_minus`` and ``p_darts``.
+
+A search runs in stages (``search_stages``), each with fresh learners (``stage_learners``):
+one stage for most methods, P-DARTS's progressive stages for ``p_darts``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from sgl_betty.search_space import (
     PDartsArchitecture,
     PDartsPlan,
     PDartsSearchNetwork,
+    PDartsStage,
     SearchNetwork,
 )
+from sgl_betty.search_space.p_darts import PerEdgePrimitives
 
 from .config import ConfigError
 
@@ -205,8 +209,70 @@ def p_darts_stage_modules(
 
 @register_method("p_darts", on_step=set_search_progress)
 def p_darts_modules(cfg: DictConfig, num_classes: int, with_v: bool) -> LearnerModules:
-    """P-DARTS's first stage (every op on every edge, search.layers cells)."""
+    """P-DARTS's first stage (every op on every edge, search.layers cells); the later stages are
+    built by ``stage_learners``."""
     return p_darts_stage_modules(cfg, num_classes, with_v, stage=0)
+
+
+# One learner's (normal, reduce) per-edge op lists in a P-DARTS stage.
+OpSubsets = tuple[PerEdgePrimitives, PerEdgePrimitives]
+
+
+@dataclass(frozen=True)
+class SearchStage:
+    """A stretch of the search with fresh learners (networks, architectures, optimizers and
+    cosine schedules): the whole search for most methods, one of P-DARTS's stages for p_darts.
+    The step hook sees the progress through the current stage."""
+
+    index: int
+    epochs: int
+    arch_warmup_epochs: int
+    first_epoch: int  # the epochs of the stages before this one
+    p_darts: PDartsStage | None = None  # cells, ops per edge, ops kept, skip dropout
+
+    @property
+    def is_last(self) -> bool:
+        return self.p_darts is None or self.p_darts.is_last
+
+
+def search_stages(cfg: DictConfig) -> list[SearchStage]:
+    """The stages of the search ``cfg`` describes (P-DARTS: ``p_darts_plan``)."""
+    search = cfg.search
+    if search.method != "p_darts":
+        return [SearchStage(0, search.epochs, search.arch_warmup_epochs, first_epoch=0)]
+    plan = p_darts_plan(cfg).stages
+    return [
+        SearchStage(
+            stage.index,
+            stage.epochs,
+            stage.arch_frozen_epochs,
+            first_epoch=sum(before.epochs for before in plan[: stage.index]),
+            p_darts=stage,
+        )
+        for stage in plan
+    ]
+
+
+def stage_learners(
+    cfg: DictConfig,
+    num_classes: int,
+    stage: SearchStage,
+    total_steps: int,
+    op_subsets: Sequence[OpSubsets | None] | None = None,
+) -> list[Learner]:
+    """The learners of ``stage``, their cosine schedules over its ``total_steps``; in a P-DARTS
+    stage each learner's network and architecture over its own op subsets (None: every op)."""
+    if stage.p_darts is None:
+        return build_learners(cfg, num_classes, total_steps)
+    if op_subsets is None:
+        op_subsets = [None] * cfg.learners
+    modules = [
+        p_darts_stage_modules(
+            cfg, num_classes, cfg.learners > 1, stage.index, *(ops or (None, None))
+        )
+        for ops in op_subsets
+    ]
+    return build_learners(cfg, num_classes, total_steps, modules)
 
 
 def search_method(name: str) -> SearchMethod:

@@ -1,10 +1,12 @@
 """One architecture search, start to finish: data, K learners, the SGL engine, the run folder.
 
-The whole training step is ``engine.step()``; everything else here is bookkeeping.
+The whole training step is ``engine.step()``; everything else here is bookkeeping. A search
+runs in stages with fresh learners each (P-DARTS's progressive stages; one for other methods).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -13,7 +15,9 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +27,12 @@ from tqdm.auto import tqdm
 
 from sgl_betty.data import build_search_data
 from sgl_betty.engine import build_sgl_engine
-from sgl_betty.evaluation.distributed import init_distributed
+from sgl_betty.evaluation.distributed import DistributedContext, init_distributed
 from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.tracking import RunFolder, build_tracker
 
 from .config import ConfigError, sgl_config, to_yaml
-from .methods import build_learners, search_method
+from .methods import SearchMethod, SearchStage, search_method, search_stages, stage_learners
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,6 +192,8 @@ def arch_checksum(arch: torch.nn.Module) -> str:
 def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     """Run the search described by ``cfg`` and return its summary (also in summary.json).
 
+    The search runs in stages, each with fresh learners and its own engine: one stage for most
+    methods, P-DARTS's stages of growing depth and shrinking op subsets for p_darts.
     With ``resume``, continue the run in ``cfg.run.dir`` from its last checkpoint. Under
     torchrun every process runs the search on its shard of the data; rank 0 writes the folder.
     """
@@ -205,23 +211,17 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     steps_per_epoch = len(train)
     if cfg.search.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.search.steps_per_epoch)
-    total_steps = cfg.search.epochs * steps_per_epoch
-    method = search_method(cfg.search.method)
-    learners = build_learners(cfg, data.num_classes, total_steps)
-    if context.enabled:  # same initial weights everywhere (broadcast anyway), own augmentations
-        seed_everything(cfg.seed + 1000 * context.rank)
-    sgl = sgl_config(cfg)
-    sgl.arch_warmup_steps = cfg.search.arch_warmup_epochs * steps_per_epoch
-    engine = build_sgl_engine(
-        learners, train, val, unlabeled, sgl, train_iters=total_steps, device=device
-    )
+    stages = search_stages(cfg)
+    total_steps = sum(stage.epochs for stage in stages) * steps_per_epoch
 
     if cfg.run.dir is None:
         cfg.run.dir = str(default_run_dir(cfg))
     folder = RunFolder(cfg.run.dir, enabled=context.is_main)
-    elapsed = 0.0
+    position = SearchPosition(op_subsets=[None] * cfg.learners)
+    saved = None
     if resume:
-        elapsed = restore_checkpoint(folder, engine, context)
+        saved = read_checkpoint(folder, context)
+        position = SearchPosition(**saved.get("position", {"op_subsets": [None] * cfg.learners}))
     else:
         folder.write_text("config.yaml", to_yaml(cfg))
     tracker = build_tracker(cfg, folder)
@@ -230,60 +230,46 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     if not quiet:
         tqdm.write(f"run folder: {folder.path}\n" + data.describe())
 
-    def checkpoint() -> None:
-        save_checkpoint(folder, engine, context, elapsed + time.perf_counter() - started)
-
-    started = time.perf_counter()
-    window_seconds, window_steps = 0.0, 0
-    progress = tqdm(total=total_steps, initial=engine.global_step, desc="search", disable=quiet)
+    run = SearchRun(
+        cfg=cfg,
+        method=search_method(cfg.search.method),
+        context=context,
+        folder=folder,
+        tracker=tracker,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        started=time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0),
+        position=position,
+        progress=tqdm(
+            total=total_steps,
+            initial=stages[position.stage].first_epoch * steps_per_epoch,
+            desc="search",
+            disable=quiet,
+        ),
+    )
     with StopRequests() as stop:
-        while engine.global_step < total_steps:
-            epoch = engine.global_step // steps_per_epoch
-            tick = time.perf_counter()
-            if method.on_step is not None:
-                method.on_step(learners, engine.global_step / total_steps)
-            engine.step()
-            window_seconds += time.perf_counter() - tick
-            window_steps += 1
-            progress.update(1)
-            step = engine.global_step
-            if step % cfg.run.log_every == 0 or step == total_steps:
-                row = {
-                    "step": step,
-                    "epoch": epoch,
-                    "seconds_per_step": window_seconds / window_steps,
-                }
-                row.update(engine.metrics())
-                folder.append_jsonl("metrics.jsonl", row)
-                tracker.log_metrics(row, step)
-                window_seconds, window_steps = 0.0, 0
-                progress.set_postfix(
-                    epoch=epoch, loss=f"{row.get('learner0/w_train_loss', math.nan):.3f}"
-                )
-            if step % steps_per_epoch == 0:
-                record_architectures(folder, tracker, learners, epoch, step)
-                checkpoint()
-            elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
-                checkpoint()
-            if stop.received is not None and step < total_steps:
-                if step % steps_per_epoch and not (
-                    cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
-                ):
-                    checkpoint()
-                progress.close()
-                raise SearchInterrupted(
-                    f"search stopped by signal {stop.received} after step {step} of {total_steps}; "
-                    f"resume with: --resume {folder.path}"
-                )
-    progress.close()
-    wall_seconds = elapsed + time.perf_counter() - started
+        for stage in stages[position.stage :]:
+            stage_steps = stage.epochs * steps_per_epoch
+            learners = stage_learners(
+                cfg, data.num_classes, stage, stage_steps, position.op_subsets
+            )
+            # Same initial weights everywhere (broadcast anyway), each process its own augmentations.
+            if context.enabled:
+                seed_everything(cfg.seed + 1000 * context.rank + stage.index)
+            sgl = sgl_config(cfg)
+            sgl.arch_warmup_steps = stage.arch_warmup_epochs * steps_per_epoch
+            engine = build_sgl_engine(
+                learners, train, val, unlabeled, sgl, train_iters=stage_steps, device=device
+            )
+            if saved is not None:  # the stage the checkpoint was taken in
+                restore_engine(engine, context, saved)
+                run.progress.update(engine.global_step)
+                saved = None
+            train_stage(run, stage, learners, engine, stop)
+            val_acc = finish_stage(run, stage, learners, val, device)
+    run.progress.close()
+    wall_seconds = run.elapsed()
 
-    val_acc = [
-        validation_accuracy(learner.w_net, learner.arch, val, device, cfg.search.val_batches)
-        for learner in learners
-    ]
-    if context.enabled:
-        val_acc = [acc / context.world_size for acc in context.all_reduce_sum(val_acc)]
     folder.save_torch(
         "architecture.pt", {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
     )
@@ -308,6 +294,8 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
         * context.world_size
         / 3600,
     }
+    if position.stages:
+        summary["stages"] = position.stages
     folder.write_json("summary.json", summary)
     tracker.finish(summary)
     if not quiet:
@@ -315,17 +303,167 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     return summary
 
 
-def record_architectures(folder, tracker, learners, epoch: int, step: int) -> None:
+@dataclass
+class SearchPosition:
+    """Where a search is, beyond its engine's state: saved in every checkpoint."""
+
+    stage: int = 0
+    # Per learner its (normal, reduce) per-edge op lists in this stage (P-DARTS), None: every op.
+    op_subsets: list = field(default_factory=list)
+    # The finished stages' records (P-DARTS): what stages.json holds.
+    stages: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SearchRun:
+    """What every stage of one search shares: the config, the folder and the bookkeeping."""
+
+    cfg: DictConfig
+    method: SearchMethod
+    context: DistributedContext
+    folder: RunFolder
+    tracker: Any
+    steps_per_epoch: int
+    total_steps: int
+    started: float  # perf_counter() when the search would have started had it never stopped
+    position: SearchPosition
+    progress: tqdm
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: StopRequests) -> None:
+    """Step ``engine`` to the end of ``stage``: log the metrics, record the architectures after
+    every epoch, checkpoint, and stop cleanly (SearchInterrupted) when a signal asks to."""
+    cfg, folder, steps_per_epoch = run.cfg, run.folder, run.steps_per_epoch
+    stage_steps = stage.epochs * steps_per_epoch
+    first_step = stage.first_epoch * steps_per_epoch  # steps of the stages before this one
+    staged = stage.p_darts is not None
+    window_seconds, window_steps = 0.0, 0
+
+    def checkpoint() -> None:
+        save_checkpoint(folder, engine, run.context, run.elapsed(), run.position)
+
+    while engine.global_step < stage_steps:
+        epoch = stage.first_epoch + engine.global_step // steps_per_epoch
+        tick = time.perf_counter()
+        if run.method.on_step is not None:
+            run.method.on_step(learners, engine.global_step / stage_steps)
+        engine.step()
+        window_seconds += time.perf_counter() - tick
+        window_steps += 1
+        run.progress.update(1)
+        step = first_step + engine.global_step  # steps since the search started
+        if step % cfg.run.log_every == 0 or engine.global_step == stage_steps:
+            row = {"step": step, "epoch": epoch}
+            if staged:
+                row["stage"] = stage.index
+            row["seconds_per_step"] = window_seconds / window_steps
+            row.update(engine.metrics())
+            folder.append_jsonl("metrics.jsonl", row)
+            run.tracker.log_metrics(row, step)
+            window_seconds, window_steps = 0.0, 0
+            run.progress.set_postfix(
+                epoch=epoch, loss=f"{row.get('learner0/w_train_loss', math.nan):.3f}"
+            )
+        if step % steps_per_epoch == 0:
+            record_architectures(
+                folder, run.tracker, learners, epoch, step, stage.index if staged else None
+            )
+            checkpoint()
+        elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+            checkpoint()
+        if stop.received is not None and step < run.total_steps:
+            if step % steps_per_epoch and not (
+                cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
+            ):
+                checkpoint()
+            run.progress.close()
+            raise SearchInterrupted(
+                f"search stopped by signal {stop.received} after step {step} of "
+                f"{run.total_steps}; resume with: --resume {folder.path}"
+            )
+
+
+def finish_stage(run: SearchRun, stage: SearchStage, learners, val, device) -> list[float]:
+    """The learners' search validation accuracy after ``stage``. A P-DARTS stage also goes on
+    record (stages.json, architecture-stage{i}.pt) and, unless it is the last, hands each
+    learner's strongest ``ops_kept`` ops per edge to the next stage."""
+    cfg, context = run.cfg, run.context
+    val_acc = [
+        validation_accuracy(learner.w_net, learner.arch, val, device, cfg.search.val_batches)
+        for learner in learners
+    ]
+    if context.enabled:
+        val_acc = [acc / context.world_size for acc in context.all_reduce_sum(val_acc)]
+    if stage.p_darts is None:
+        return val_acc
+
+    drops = [None] * len(learners)
+    if not stage.is_last:
+        drops = [learner.arch.drop_weakest_ops(stage.p_darts.ops_kept) for learner in learners]
+        # Every process goes on with rank 0's op subsets, even if a near-tie ranked ops otherwise.
+        drops = context.gather(drops)[0]
+    architecture_file = f"architecture-stage{stage.index}.pt"
+    run.folder.save_torch(
+        architecture_file, {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
+    )
+    position = run.position
+    position.stages.append(
+        {
+            "index": stage.index,
+            "cells": stage.p_darts.layers,
+            "ops_per_edge": stage.p_darts.ops_per_edge,
+            "ops_kept": None if stage.is_last else stage.p_darts.ops_kept,
+            "skip_dropout": stage.p_darts.skip_dropout,
+            "epochs": stage.epochs,
+            "steps": stage.epochs * run.steps_per_epoch,
+            "architecture": architecture_file,
+            "learners": [
+                {
+                    "ops": {
+                        "normal": as_lists(learner.arch.normal_primitives),
+                        "reduce": as_lists(learner.arch.reduce_primitives),
+                    },
+                    "dropped": None
+                    if drop is None
+                    else {"normal": as_lists(drop[0].dropped), "reduce": as_lists(drop[1].dropped)},
+                    "genotype": genotype_to_dict(learner.arch.genotype()),
+                    "val_acc": acc,
+                }
+                for learner, drop, acc in zip(learners, drops, val_acc, strict=True)
+            ],
+        }
+    )
+    run.folder.write_json("stages.json", position.stages)
+    if not stage.is_last:
+        position.stage += 1
+        position.op_subsets = [(normal.kept, reduce.kept) for normal, reduce in drops]
+    return val_acc
+
+
+def as_lists(per_edge) -> list[list[str]]:
+    """Per-edge op lists as JSON has them (the returned summary equals summary.json)."""
+    return [list(ops) for ops in per_edge]
+
+
+def record_architectures(
+    folder, tracker, learners, epoch: int, step: int, stage: int | None = None
+) -> None:
     genotypes = [genotype_to_dict(learner.arch.genotype()) for learner in learners]
     weights = [softmaxed_weights(learner.arch) for learner in learners]
-    folder.append_jsonl(
-        "genotypes.jsonl",
-        {"epoch": epoch, "step": step, "genotypes": genotypes, "weights": weights},
-    )
+    row = {"epoch": epoch, "step": step}
+    if stage is not None:
+        row["stage"] = stage
+    row.update(genotypes=genotypes, weights=weights)
+    folder.append_jsonl("genotypes.jsonl", row)
     tracker.log_architecture(epoch, genotypes, weights)
 
 
-def save_checkpoint(folder: RunFolder, engine, context, elapsed: float) -> None:
+def save_checkpoint(
+    folder: RunFolder, engine, context, elapsed: float, position: SearchPosition
+) -> None:
     """Atomically replace the checkpoint (rank 0 writes; every rank's RNG state is in it)."""
     rng = context.gather(rng_state())
     line_files = {}
@@ -336,6 +474,7 @@ def save_checkpoint(folder: RunFolder, engine, context, elapsed: float) -> None:
         CHECKPOINT,
         {
             "engine": engine.state_dict(),
+            "position": dataclasses.asdict(position),
             "rng": rng,
             "line_files": line_files,
             "elapsed_seconds": elapsed,
@@ -343,8 +482,9 @@ def save_checkpoint(folder: RunFolder, engine, context, elapsed: float) -> None:
     )
 
 
-def restore_checkpoint(folder: RunFolder, engine, context) -> float:
-    """Load the last checkpoint into ``engine``; returns the search seconds spent before it."""
+def read_checkpoint(folder: RunFolder, context) -> dict:
+    """The last checkpoint; the line files are cut back to it (their later lines describe steps
+    that will be run again)."""
     path = folder.file(CHECKPOINT)
     if not path.is_file():
         raise ConfigError(
@@ -352,17 +492,20 @@ def restore_checkpoint(folder: RunFolder, engine, context) -> float:
             "start it again without --resume"
         )
     state = torch.load(path, map_location="cpu", weights_only=False)
-    engine.load_state_dict(state["engine"])
-    # Lines written after the checkpoint describe steps that will be run again.
     if context.is_main:
         for name, size in state["line_files"].items():
             file = folder.file(name)
             if file.exists():
                 with open(file, "r+b") as handle:
                     handle.truncate(size)
+    return state
+
+
+def restore_engine(engine, context, state: dict) -> None:
+    """Put ``engine`` (built for the checkpoint's stage) and the RNGs back where ``state`` was."""
+    engine.load_state_dict(state["engine"])
     # After the data position was replayed: replaying it draws augmentations from the RNG.
     set_rng_state(state["rng"][context.rank])
-    return state["elapsed_seconds"]
 
 
 def print_summary(summary: dict, path: Path) -> None:

@@ -4,7 +4,7 @@ P-DARTS searches in stages of growing depth (5, 11, 17 cells) while shrinking ev
 candidate ops (8, 5, 3), so each edge ends up with its own op subset; it puts a dropout after
 ``skip_connect`` whose rate decays within a stage, and it keeps at most two skip-connects in
 the final normal cell. This module holds the pieces; the stage loop (new learners per stage)
-lives with the search run:
+lives with the search run (``sgl_betty.experiment.search``):
 
 - ``PDartsSearchNetwork`` / ``PDartsArchitecture``: per-edge op subsets, settable skip dropout;
 - ``drop_weakest_ops``: the op subsets of the next stage;
