@@ -11,13 +11,16 @@ from collections.abc import Iterable
 import torch
 
 
-def _to_device(batch, device):
+def _to_device(batch, device, channels_last=False):
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(item, device) for item in batch)
+        return type(batch)(_to_device(item, device, channels_last) for item in batch)
     if isinstance(batch, dict):
-        return {key: _to_device(item, device) for key, item in batch.items()}
+        return {key: _to_device(item, device, channels_last) for key, item in batch.items()}
     return batch
 
 
@@ -38,25 +41,34 @@ class SharedBatches:
 
     LABELED = ("train", "val")
 
-    def __init__(self, sources: dict[str, Iterable], device="cpu"):
+    def __init__(self, sources: dict[str, Iterable], device="cpu", channels_last: bool = False):
         self.sources = {name: src for name, src in sources.items() if src is not None}
         self.device = device
+        self.channels_last = channels_last
         self.epochs = {name: 0 for name in self.sources}
         self.batches_in_epoch = {name: 0 for name in self.sources}
         self._iterators = {}
         self._epoch_start_generator = {}
         self._current = {}
+        self._memo = {}
         self.step = 0
 
     def advance(self) -> None:
         """Start a new engine step: the next ``get`` of each split loads a fresh batch."""
         self._current.clear()
+        self._memo.clear()
         self.step += 1
+
+    def memo(self, key, compute):
+        """A value derived from this step's batches, computed once per step (pseudo-labels)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def get(self, split: str):
         if split not in self._current:
             self._current[split] = _to_device(
-                self._normalise(split, self._next(split)), self.device
+                self._normalise(split, self._next(split)), self.device, self.channels_last
             )
         return self._current[split]
 

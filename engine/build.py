@@ -25,8 +25,9 @@ from sgl_betty.learner import Learner
 from sgl_betty.problems import ArchStage, Peer, ValidatedLearner, VStage, WStage
 
 from .batches import SharedBatches
+from .hypergradient import StepHypergradient
 from .sgl_engine import SGLEngine
-from .solvers import CONJUGATE_GRADIENT, register_solvers
+from .solvers import CONJUGATE_GRADIENT, UNROLLED, register_solvers
 
 
 def lower_problem_config(sgl: SGLConfig, clip: float, warmup_steps: int = 0) -> Config:
@@ -35,7 +36,8 @@ def lower_problem_config(sgl: SGLConfig, clip: float, warmup_steps: int = 0) -> 
     solver = {
         "first_order": "darts",  # never used: first-order has no paths
         "darts": "darts",
-        "unrolled": "neumann",
+        # Exact: Neumann with no iterations and alpha = the step size is -xi * (mixed Hessian) v.
+        "unrolled": "neumann" if hypergrad.unrolled_exact else UNROLLED,
         "neumann": "neumann",
         "cg": CONJUGATE_GRADIENT,
     }[hypergrad.type]
@@ -91,8 +93,14 @@ def build_sgl_engine(
     register_solvers()
 
     batches = SharedBatches(
-        {"train": train, "val": val, "unlabeled": unlabeled if num > 1 else None}
+        {"train": train, "val": val, "unlabeled": unlabeled if num > 1 else None},
+        channels_last=config.channels_last,
     )
+    if config.channels_last:
+        for learner in learners:
+            for net in (learner.v_net, learner.w_net):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
     shared = dict(batches=batches, sgl=config)
     hypergrad = config.hypergrad.type
     v_stages, w_stages, arch_stages = [], [], []
@@ -132,7 +140,6 @@ def build_sgl_engine(
                 k,
                 learner.arch,
                 group,
-                own_loss_only=hypergrad == "first_order",
                 optimizer=learner.arch_optimizer(learner.arch.parameters()),
                 scheduler=None,
                 # Several hypergradient paths start from the same loss, so its graph is kept.
@@ -168,6 +175,11 @@ def build_sgl_engine(
         device=device,
         num_learners=num,
     )
+    sweep = StepHypergradient(
+        arch_stages, w_stages, batches, config.labeled_loss, autocast=config.autocast_dtype
+    )
+    for stage in arch_stages:
+        stage.hypergradient = sweep
     # Betty rebuilt each optimizer from its class and defaults; rebuild from the user's factory
     # so per-group settings survive, then attach schedulers to the optimizers actually stepped.
     for k, learner in enumerate(learners):

@@ -11,8 +11,10 @@ import warnings
 
 import torch
 from betty.hypergradient import jvp_fn_mapping
+from betty.hypergradient.darts import darts
 
 CONJUGATE_GRADIENT = "sgl_cg"
+UNROLLED = "sgl_unrolled"
 
 
 def _dot(xs, ys) -> torch.Tensor:
@@ -65,5 +67,19 @@ def conjugate_gradient(vector, curr, prev, sync):
     return [-g if g is not None else torch.zeros_like(p) for g, p in zip(implicit, prev_params)]
 
 
+def unrolled_finite_difference(vector, curr, prev, sync):
+    """The paper's Eq. 8-9: -xi (d^2 L_curr / d prev d curr) vector, the mixed second
+    derivative by central finite differences (Betty's ``darts`` product) and xi the step size
+    ``curr`` just took (kept in ``config.neumann_alpha`` by the engine)."""
+    product = darts(vector, curr, prev, False)
+    step = curr.config.neumann_alpha
+    implicit = [step * g for g in product]
+    if sync:
+        prev.set_grads(prev.trainable_parameters(), implicit)
+        return None
+    return implicit
+
+
 def register_solvers() -> None:
     jvp_fn_mapping[CONJUGATE_GRADIENT] = conjugate_gradient
+    jvp_fn_mapping[UNROLLED] = unrolled_finite_difference

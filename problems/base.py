@@ -60,6 +60,15 @@ class SGLStage(ImplicitProblem):
         self.world_size = 1
         self.last_metrics: dict[str, torch.Tensor | float] = {}
 
+    def training_step_exec(self, batch):
+        # Betty's own precision switch autocasts on CUDA only; this follows the problem's device.
+        if self.sgl.autocast_dtype is None:
+            return self.training_step(batch)
+        with torch.autocast(
+            device_type=torch.device(self.device).type, dtype=self.sgl.autocast_dtype
+        ):
+            return self.training_step(batch)
+
     def get_loss(self, batch):
         self.descending = True
         try:

@@ -37,12 +37,18 @@ class WStage(SGLStage):
         # W's own descent needs no gradient into V_j or A_j, so no graph is built there;
         # hypergradient solvers re-evaluate this loss with the graph.
         differentiable = not (self.descending or self.sgl.detach_pseudo_labels)
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            arch = peer.architecture()
-            if not self.sgl.pseudo_label_arch_grad:
-                arch = detach_tree(arch)
-            target = self.sgl.pseudo_target(peer.v_net(x_u, arch))
-        return target if differentiable else target.detach()
+
+        def label():
+            with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+                arch = peer.architecture()
+                if not self.sgl.pseudo_label_arch_grad:
+                    arch = detach_tree(arch)
+                return self.sgl.pseudo_target(peer.v_net(x_u, arch))
+
+        if differentiable:
+            return label()
+        # Constant pseudo-labels are the same for every W stage of this step: made once per peer.
+        return self.batches.memo(("pseudo_labels", peer.learner), lambda: label().detach())
 
     def training_step(self, batch):
         (x, y), x_u = batch

@@ -33,7 +33,8 @@ class HypergradConfig:
       - ``first_order``: no upper-to-lower edges; dL_val/dA only (DARTS-1st, the released code).
       - ``darts``: Betty's finite-difference solver, identity inverse Hessian (``darts_alpha``).
       - ``unrolled``: the paper's Eq. 8-11: second-order terms scaled by each lower problem's
-        current learning rate (Neumann with 0 iterations, alpha = that learning rate).
+        current learning rate, the mixed second derivatives by finite differences as in Eq. 9
+        (``unrolled_exact=True``: exactly, by double backward; slower).
       - ``neumann``: Neumann series for the inverse Hessian (``neumann_iterations``, ``neumann_alpha``).
       - ``cg``: conjugate gradient (``cg_iterations``, ``cg_alpha``) with the project's own,
         corrected solver (Betty 0.2.1's is wrong beyond one iteration).
@@ -45,6 +46,7 @@ class HypergradConfig:
     neumann_alpha: float = 1.0
     cg_iterations: int = 1
     cg_alpha: float = 1.0
+    unrolled_exact: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in HYPERGRAD_TYPES:
@@ -73,6 +75,10 @@ class SGLConfig:
     ``grad_clip_*``: gradient-norm clipping per stage (0 disables it).
     ``arch_warmup_steps``: V and W steps before the first architecture step (PC-DARTS's
     warm-up; also lets V and W converge before a hypergradient is taken).
+    ``autocast_dtype``: run every loss under ``torch.autocast`` with this dtype (torch.bfloat16
+    on a GPU); parameters, gradients and optimizer states stay float32.
+    ``channels_last``: networks and image batches in channels-last memory format (faster
+    convolutions on GPUs with tensor cores).
     """
 
     lam: float = 0.1
@@ -87,6 +93,8 @@ class SGLConfig:
     grad_clip_w: float = 5.0
     grad_clip_arch: float = 0.0
     arch_warmup_steps: int = 0
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.hypergrad, dict):

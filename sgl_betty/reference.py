@@ -119,6 +119,33 @@ class Problem:
             total = total + mse((self.x_val * gates[k]) @ w_k, self.y_val)
         return torch.autograd.grad(total, gates)
 
+    def unrolled_hypergradients(self, v_weights, w_weights, step_v, step_w):
+        """The paper's Eq. 7-11: d/d a_k of sum_j L_val(W'_j, a_j) through one gradient step of
+        V (Eq. 5) and W (Eq. 6) from the given weights, by autograd through those steps."""
+        num = len(self.gates)
+        gates = [g.clone().requires_grad_(True) for g in self.gates]
+
+        def ridge(m):
+            return 0.5 * self.rho * m.pow(2).sum()
+
+        v_next = []
+        for k in range(num):
+            v = v_weights[k].clone().requires_grad_(True)
+            loss = mse((self.x_train * gates[k]) @ v, self.y_train) + ridge(v)
+            (grad,) = torch.autograd.grad(loss, v, create_graph=True)
+            v_next.append(v - step_v * grad)
+        total = 0.0
+        for k in range(num):
+            w = w_weights[k].clone().requires_grad_(True)
+            loss = mse((self.x_train * gates[k]) @ w, self.y_train) + ridge(w)
+            for j in range(num):
+                if j != k:
+                    pseudo = (self.x_unlabeled * gates[j]) @ v_next[j]
+                    loss = loss + self.lam * mse((self.x_unlabeled * gates[k]) @ w, pseudo)
+            (grad,) = torch.autograd.grad(loss, w, create_graph=True)
+            total = total + mse((self.x_val * gates[k]) @ (w - step_w * grad), self.y_val)
+        return torch.autograd.grad(total, gates)
+
     def largest_curvature(self):
         num = len(self.gates)
         eigs = [torch.linalg.eigvalsh(self.w_hessian(g, num)).max() for g in self.gates]

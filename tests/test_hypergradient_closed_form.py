@@ -84,3 +84,17 @@ def test_betty_released_cg_is_wrong_beyond_one_iteration():
     assert max(relative_error(b, e) for b, e in zip(betty, exact)) > 10 * max(
         relative_error(o, e) for o, e in zip(ours, exact)
     )
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_unrolled_is_the_papers_one_step_unrolled_gradient(exact):
+    # Eq. 7-11 by autograd through one step of V and W, at the engine's (converged) weights.
+    problem = Problem.random(2, seed=13)
+    engine = converged_engine(problem, HypergradConfig(type="unrolled", unrolled_exact=exact))
+    step = 1.0 / problem.largest_curvature()
+    v_weights = [engine.problem("v", k).module.weight.detach() for k in range(2)]
+    w_weights = [engine.problem("w", k).module.weight.detach() for k in range(2)]
+    expected = problem.unrolled_hypergradients(v_weights, w_weights, step, step)
+    for k in range(2):
+        (got,) = engine.last_hypergrad[k]
+        assert relative_error(got, expected[k]) < 1e-6

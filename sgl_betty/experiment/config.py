@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -38,6 +39,9 @@ class HypergradSchema:
     neumann_alpha: float = 1.0
     cg_iterations: int = 1
     cg_alpha: float = 1.0
+    # unrolled: the mixed second derivatives exactly (double backward) instead of Eq. 9's
+    # finite differences.
+    unrolled_exact: bool = False
 
 
 @dataclass
@@ -65,6 +69,9 @@ class SearchSchema:
     detach_pseudo_labels: bool = False
     # Batches of D_val for the final search validation accuracy (None: all of D_val).
     val_batches: int | None = None
+    # fp32, or bf16 autocast (GPU); channels-last memory format for networks and batches.
+    precision: str = "fp32"
+    channels_last: bool = False
     # PC-DARTS: an edge's ops see 1/pc_partial_channels of its channels (the reference's K = 4).
     pc_partial_channels: int = 4
     # DARTS-: how the auxiliary skip's weight beta falls from 1 to 0 (linear or cosine).
@@ -232,6 +239,7 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("data.dataset", cfg.data.dataset, DATASETS)
     _check_choice("data.unlabeled", cfg.data.unlabeled, UNLABELED)
     _check_choice("device", cfg.device, DEVICES)
+    _check_choice("search.precision", cfg.search.precision, ("fp32", "bf16"))
     _check_choice("tracking.mode", cfg.tracking.mode, WANDB_MODES)
     _check_choice("eval.learners", cfg.eval.learners, EVAL_LEARNERS)
     if cfg.data.unlabeled == cfg.data.dataset and cfg.data.dataset != "synthetic":
@@ -402,6 +410,8 @@ def sgl_config(cfg: DictConfig, **callables) -> SGLConfig:
         grad_clip_v=cfg.search.grad_clip,
         grad_clip_w=cfg.search.grad_clip,
         arch_warmup_steps=steps_warmup,
+        autocast_dtype=torch.bfloat16 if cfg.search.precision == "bf16" else None,
+        channels_last=cfg.search.channels_last,
         **callables,
     )
 
