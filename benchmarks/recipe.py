@@ -21,16 +21,35 @@ def search_stage(cfg, resume=False):
     return run_search(cfg, resume=resume)
 
 
-def eval_stage(cfg):
+def eval_stage(cfg, resume=False):
     from sgl_betty.experiment.pipeline import evaluate_stage
 
-    return evaluate_stage(cfg)
+    return evaluate_stage(cfg, resume=resume)
 
 
 def all_stage(cfg):
     from sgl_betty.experiment.pipeline import search_and_evaluate_stage
 
     return search_and_evaluate_stage(cfg)
+
+
+def resume_stage(stage, run_dir, overrides):
+    from sgl_betty.experiment.evaluate import is_evaluation_run
+
+    if stage == "all":
+        raise ConfigError(
+            "--resume continues one search or evaluation run, not --stage all: resume the search "
+            "folder with --stage search, then each of its eval-learner<k> folders with --stage eval "
+            "(or start those evaluations with --stage eval eval.genotype=<search folder>:<k>)"
+        )
+    cfg = load_run_config(run_dir, overrides)
+    if stage == "search":
+        if is_evaluation_run(run_dir):
+            raise ConfigError(
+                f"{run_dir} is an evaluation run; resume it with --stage eval --resume {run_dir}"
+            )
+        return search_stage(cfg, resume=True)
+    return eval_stage(cfg, resume=True)
 
 
 STAGES = {"search": search_stage, "eval": eval_stage, "all": all_stage}
@@ -57,20 +76,19 @@ def main(recipe: str, argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     parser.add_argument("--stage", choices=stages, default=stages[0])
-    if "search" in stages:
-        parser.add_argument(
-            "--resume",
-            metavar="RUN_DIR",
-            help="continue an interrupted search from its last checkpoint (its config.yaml; "
-            "overrides apply on top)",
-        )
+    resumable = [stage for stage in ("search", "eval") if stage in stages]
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help=f"continue an interrupted run of --stage {' or '.join(resumable)} from its last "
+        "checkpoint (with its config.yaml; overrides apply on top); a finished evaluation is left "
+        "as it is",
+    )
     args = parser.parse_args(argv)
-    resume = getattr(args, "resume", None)
+    resume = args.resume
     try:
         if resume:
-            if args.stage != "search":
-                raise ConfigError("--resume continues a search: use it with --stage search")
-            search_stage(load_run_config(resume, args.overrides), resume=True)
+            resume_stage(args.stage, resume, args.overrides)
             return 0
         cfg = load_config(args.overrides, recipe=recipe, config_dir=CONFIG_DIR)
         STAGES[args.stage](cfg)

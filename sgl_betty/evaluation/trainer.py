@@ -5,11 +5,16 @@ SGD with momentum and weight decay; the learning rate is set at the start of eve
 auxiliary head's loss is added with its weight; gradients are clipped by norm. With a
 ``DistributedContext`` of several processes the network trains under DistributedDataParallel
 and the reported figures are summed over every rank.
+
+An epoch can also be run in pieces, for runs that checkpoint and resume inside an epoch:
+``start_epoch``, ``train_batches`` over an iterator of the loader (with a hook after every
+step and ``EpochSums`` carried over from a checkpoint), then ``finish_epoch``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +86,39 @@ class TestResult:
         return 100.0 * (1.0 - self.top1)
 
 
+class EpochSums:
+    """This rank's running figures of the epoch in progress.
+
+    Kept on the device so that a GPU step never waits for a ``.item()``; ``to_dict`` (for a
+    checkpoint) synchronises, ``from_dict`` puts a checkpoint's figures back.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        steps: int = 0,
+        loss_sum: float = 0.0,
+        correct: int = 0,
+        examples: int = 0,
+    ):
+        self.steps = steps
+        self.examples = examples
+        self.loss_sum = torch.tensor(loss_sum, dtype=torch.float64, device=device)
+        self.correct = torch.tensor(correct, dtype=torch.int64, device=device)
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "examples": self.examples,
+            "loss_sum": self.loss_sum.item(),
+            "correct": int(self.correct.item()),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict, device: torch.device) -> EpochSums:
+        return cls(device, **state)
+
+
 class EvalTrainer:
     def __init__(self, network: nn.Module, settings: TrainingSettings, context: DistributedContext):
         self.settings = settings
@@ -107,43 +145,84 @@ class EvalTrainer:
         self.network.drop_path_prob = self.settings.drop_path_at(epoch)
         return lr
 
-    def train_epoch(self, epoch: int, loader) -> EpochResult:
+    def steps_in_epoch(self, loader) -> int:
+        """Optimizer steps of one epoch over ``loader``: all its batches, or the cap."""
+        if self.settings.steps_per_epoch is None:
+            return len(loader)
+        return min(len(loader), self.settings.steps_per_epoch)
+
+    def start_epoch(self, epoch: int, loader) -> None:
+        """Learning rate, drop path, the sampler's shuffle of ``epoch``; training mode."""
         self.set_epoch(epoch)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         self.model.train()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, sums: EpochSums) -> None:
+        """One optimizer step on a batch; its loss and accuracy go into ``sums``."""
         device = self.context.device
-        # Kept on the device so that a GPU step never waits for a .item().
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        examples = steps = 0
-        for images, labels in loader:
-            if self.settings.steps_per_epoch is not None and steps >= self.settings.steps_per_epoch:
-                break
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            logits, logits_aux = self.model(images)
-            loss = self.criterion(logits, labels)
-            if logits_aux is not None:
-                loss = loss + self.settings.auxiliary_weight * self.criterion(logits_aux, labels)
-            loss.backward()
-            if self.settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
-            self.optimizer.step()
-            loss_sum += loss.detach().double() * labels.numel()
-            correct += (logits.detach().argmax(-1) == labels).sum()
-            examples += labels.numel()
-            steps += 1
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, logits_aux = self.model(images)
+        loss = self.criterion(logits, labels)
+        if logits_aux is not None:
+            loss = loss + self.settings.auxiliary_weight * self.criterion(logits_aux, labels)
+        loss.backward()
+        if self.settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        sums.loss_sum += loss.detach().double() * labels.numel()
+        sums.correct += (logits.detach().argmax(-1) == labels).sum()
+        sums.examples += labels.numel()
+        sums.steps += 1
+
+    def train_batches(
+        self,
+        batches: Iterator,
+        sums: EpochSums,
+        steps: int,
+        after_step: Callable[[EpochSums], None] | None = None,
+    ) -> EpochSums:
+        """Step through ``batches`` until ``sums`` counts ``steps`` steps in this epoch.
+
+        The next batch is only drawn when a step is due, so that no augmentation is drawn
+        for a batch that is not trained on. ``after_step`` runs after every step (checkpoints,
+        stop requests); an exception from it ends the epoch there.
+        """
+        while sums.steps < steps:
+            images, labels = next(batches)
+            self.train_step(images, labels, sums)
+            if after_step is not None:
+                after_step(sums)
+        return sums
+
+    def finish_epoch(self, sums: EpochSums) -> EpochResult:
+        """The epoch's figures summed over every rank."""
         total_loss, total_correct, total_examples = self.context.all_reduce_sum(
-            [loss_sum.item(), float(correct.item()), float(examples)]
+            [sums.loss_sum.item(), float(sums.correct.item()), float(sums.examples)]
         )
         return EpochResult(
             loss=total_loss / max(total_examples, 1),
             accuracy=total_correct / max(total_examples, 1),
             examples=int(total_examples),
-            steps=steps,
+            steps=sums.steps,
         )
+
+    def train_epoch(self, epoch: int, loader) -> EpochResult:
+        self.start_epoch(epoch, loader)
+        sums = EpochSums(self.context.device)
+        self.train_batches(iter(loader), sums, self.steps_in_epoch(loader))
+        return self.finish_epoch(sums)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue training: weights (with BatchNorm statistics)
+        and the optimizer's momentum buffers. The learning rate follows from the epoch."""
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     @torch.no_grad()
     def test(self, loader) -> TestResult:

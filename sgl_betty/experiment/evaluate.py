@@ -5,17 +5,30 @@ batch 96, cutout 16, auxiliary weight 0.4, drop path 0.2, gradient clip 5, cosin
 rate; the ImageNet preset switches to DARTS's train_imagenet.py) and writes the run folder:
 config.yaml, metrics.jsonl (a row per epoch), model.pt and summary.json. Under torchrun it
 trains with DistributedDataParallel; only rank 0 writes.
+
+While it trains, the run keeps checkpoint.pt (written atomically every
+``checkpoint.every_steps`` optimizer steps and at the end of every epoch, removed once
+summary.json is written): weights, optimizer, the epoch and the step inside it, every rank's
+RNG states (also those at the start of the epoch, to replay its shuffle and augmentations) and
+partial sums, the length of metrics.jsonl. ``run_evaluation(cfg, resume=True)`` (the recipes'
+``--stage eval --resume RUN_DIR``) continues from it to the weights and test error an
+uninterrupted run gets (bitwise on CPU). SIGINT/SIGTERM stop the run between two steps after a
+checkpoint (EvaluationInterrupted, exit 130 in the recipes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
@@ -29,15 +42,31 @@ from sgl_betty.evaluation.distributed import (
     weights_checksum,
 )
 from sgl_betty.evaluation.saved_model import NetworkSpec, trained_network_payload
-from sgl_betty.evaluation.trainer import LR_SCHEDULES, EvalTrainer, TrainingSettings
-from sgl_betty.genotypes import Genotype, genotype_to_dict
+from sgl_betty.evaluation.trainer import (
+    LR_SCHEDULES,
+    EpochResult,
+    EpochSums,
+    EvalTrainer,
+    TestResult,
+    TrainingSettings,
+)
+from sgl_betty.genotypes import Genotype, genotype_from_dict, genotype_to_dict
 from sgl_betty.params import count_parameters_m
 from sgl_betty.problems import NonFiniteError
 from sgl_betty.tracking import RunFolder, Tracker, build_tracker
 
 from .config import ConfigError, to_yaml
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
-from .search import machine_description, resolve_device, seed_everything
+from .search import (
+    CHECKPOINT,
+    SearchInterrupted,
+    StopRequests,
+    machine_description,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 EVAL_DATASETS = ("cifar100", "cifar10", "synthetic", "imagenet")
 CIFAR_IMAGE_SIZE = 32
@@ -226,6 +255,9 @@ def build_loaders(
     pin_memory = context.device.type == "cuda"
     # Given num_replicas and rank explicitly, the sampler needs no process group, so one
     # process uses it too: a shuffle reproducible from the seed, reshuffled by set_epoch.
+    # Not persistent: a worker's augmentation RNG would then run on across epochs, and a run
+    # resumed in epoch e could not replay it. Fresh workers draw their seeds from the RNG state
+    # at the start of the epoch, which the checkpoint keeps.
     sampler = DistributedSampler(
         datasets.train,
         num_replicas=context.world_size,
@@ -241,7 +273,6 @@ def build_loaders(
         drop_last=True,
         num_workers=workers,
         pin_memory=pin_memory,
-        persistent_workers=workers > 0,
     )
     test_size = len(datasets.test)
     if cfg.eval.test_batches is not None:
@@ -266,11 +297,176 @@ def _seed_this_rank(seed: int, rank: int) -> None:
         seed_everything(seeded_generator(seed, rank).initial_seed())
 
 
-def run_evaluation(cfg: DictConfig) -> dict:
-    """Train ``cfg.eval``'s network on ``eval.dataset`` and return the summary (summary.json)."""
+RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "model.pt")
+LINE_FILES = ("metrics.jsonl",)
+CHECKPOINT_KIND = "eval"
+
+
+class EvaluationInterrupted(SearchInterrupted):
+    """SIGINT/SIGTERM stopped the evaluation after a checkpoint; the message says how to resume.
+
+    ``what`` is the message without the resume command."""
+
+    def __init__(self, what: str, path: Path, world_size: int):
+        super().__init__(f"{what}; resume with: {resume_command(path, world_size)}")
+        self.what = what
+
+
+def resume_command(path: Path, world_size: int) -> str:
+    command = f"--stage eval --resume {path}"
+    if world_size > 1:
+        command += f" (under torchrun with --nproc_per_node {world_size}, as before)"
+    return command
+
+
+class _StopVote:
+    """Whether to stop after this step: a signal to any process stops every process at the same
+    step (each has to write its share of the checkpoint, a collective)."""
+
+    def __init__(self, context: DistributedContext, stop: StopRequests):
+        self.context, self.stop = context, stop
+        self.group = None
+        if context.enabled and dist.get_backend() != "gloo":
+            # Vote on the CPU, so that the vote after every step never waits for the GPU.
+            self.group = dist.new_group(backend="gloo")
+
+    def __call__(self) -> bool:
+        requested = self.stop.received is not None
+        if not self.context.enabled:
+            return requested
+        flag = torch.tensor([int(requested)])
+        dist.all_reduce(flag, group=self.group)
+        return bool(flag.item())
+
+
+@dataclass
+class _Progress:
+    """Where the run is: what a checkpoint needs beyond the trainer's state and the RNGs."""
+
+    epoch: int = 0
+    # The results of the last finished epoch (for summary.json).
+    train_result: EpochResult | None = None
+    test_result: TestResult | None = None
+
+
+def _choice_state(choice: GenotypeChoice) -> dict:
+    state = dataclasses.asdict(choice)
+    state["genotype"] = genotype_to_dict(choice.genotype)
+    return state
+
+
+def _choice_from_state(state: dict) -> GenotypeChoice:
+    return GenotypeChoice(**{**state, "genotype": genotype_from_dict(state["genotype"])})
+
+
+def finished_summary(path: Path) -> dict | None:
+    """The summary.json of a finished evaluation run in ``path``, None while it is unfinished."""
+    file = Path(path) / "summary.json"
+    if not file.is_file():
+        return None
+    summary = json.loads(file.read_text())
+    if summary.get("kind") != "eval":
+        raise ConfigError(
+            f"cannot resume {path} as an evaluation: its summary.json is that of a finished "
+            f"{summary.get('kind', 'search')} run"
+        )
+    return summary
+
+
+def is_evaluation_run(path: str | Path) -> bool:
+    """Whether ``path`` holds an evaluation run (its checkpoint or its summary say so)."""
+    path = Path(path)
+    checkpoint = path / CHECKPOINT
+    if checkpoint.is_file():
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # an unreadable checkpoint is for the search's own error to report
+            return False
+        return isinstance(state, dict) and state.get("kind") == CHECKPOINT_KIND
+    summary = path / "summary.json"
+    if summary.is_file():
+        try:
+            return json.loads(summary.read_text()).get("kind") == "eval"
+        except (json.JSONDecodeError, AttributeError):
+            return False
+    return False
+
+
+def read_eval_checkpoint(path: Path, context: DistributedContext) -> dict:
+    """The evaluation checkpoint in ``path``; ConfigError naming the fix when there is none."""
+    file = path / CHECKPOINT
+    if not file.is_file():
+        raise ConfigError(
+            f"cannot resume: {file} does not exist (the evaluation stopped before its first "
+            f"checkpoint, at the end of its first epoch or after checkpoint.every_steps steps); "
+            f"start it again without --resume, with run.dir={path}"
+        )
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise ConfigError(
+            f"{file} is the checkpoint of a search, not of an evaluation; resume it with "
+            f"--stage search --resume {path}"
+        )
+    if state["world_size"] != context.world_size:
+        raise ConfigError(
+            f"{file} was written by {state['world_size']} process(es), and this run has "
+            f"{context.world_size}: each process's data shard and random streams are in it; "
+            f"resume with torchrun --nproc_per_node {state['world_size']}"
+            if state["world_size"] > 1
+            else f"{file} was written by a single process; resume it without torchrun"
+        )
+    return state
+
+
+def _truncate_line_files(folder: RunFolder, sizes: dict[str, int]) -> None:
+    # Their later lines describe epochs that will be run again.
+    if not folder.enabled:
+        return
+    for name, size in sizes.items():
+        file = folder.file(name)
+        if file.exists():
+            with open(file, "r+b") as handle:
+                handle.truncate(size)
+
+
+def _clear_run_files(folder: RunFolder) -> None:
+    """A fresh run into a used folder replaces that folder's run: no stale checkpoint, summary
+    or metrics rows of an earlier run may outlive it (a later --resume would take them)."""
+    if not folder.enabled:
+        return
+    if folder.file(CHECKPOINT).is_file() and not folder.file("summary.json").is_file():
+        print(
+            f"note: {folder.path} held an unfinished evaluation, which this run replaces "
+            f"(to continue it instead: {resume_command(folder.path, 1)})",
+            file=sys.stderr,
+        )
+    for name in RUN_FILES:
+        folder.file(name).unlink(missing_ok=True)
+
+
+def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
+    """Train ``cfg.eval``'s network on ``eval.dataset`` and return the summary (summary.json).
+
+    With ``resume``, continue the run in ``cfg.run.dir`` from its checkpoint; a finished run
+    is left as it is (its summary is returned).
+    """
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
-    choice = resolve_eval_genotype(cfg.eval.genotype)
+    saved = None
+    if resume:
+        path = Path(cfg.run.dir)
+        summary = finished_summary(path)
+        if summary is not None:
+            if context.is_main:
+                print(
+                    f"nothing to resume: the evaluation in {path} is finished (test error "
+                    f"{summary['test_error']:.2f}%, summary.json)"
+                )
+            return summary
+        saved = read_eval_checkpoint(path, context)
+        choice = _choice_from_state(saved["genotype"])
+    else:
+        choice = resolve_eval_genotype(cfg.eval.genotype)
     device = context.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -278,6 +474,11 @@ def run_evaluation(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     datasets = build_eval_datasets(cfg, cfg.eval.batch_size // context.world_size)
     spec = network_spec(cfg, choice.genotype, datasets.num_classes)
+    if saved is not None and saved["network"] != dataclasses.asdict(spec):
+        raise ConfigError(
+            f"the checkpoint in {cfg.run.dir} is of a different network ({saved['network']}) than "
+            "the config describes; resume without overrides that change the network"
+        )
     # Every rank builds the same initial weights from the seed (DDP broadcasts rank 0's anyway).
     try:
         network = spec.build()
@@ -295,7 +496,21 @@ def run_evaluation(cfg: DictConfig) -> dict:
         cfg.run.dir or default_eval_run_dir(cfg, choice.label), enabled=context.is_main
     )
     cfg.run.dir = str(folder.path)
-    folder.write_text("config.yaml", to_yaml(cfg))
+    progress = _Progress()
+    resume_at = None  # the checkpoint's position inside an epoch
+    if saved is None:
+        _clear_run_files(folder)
+        folder.write_text("config.yaml", to_yaml(cfg))
+    else:
+        _truncate_line_files(folder, saved["line_files"])
+        trainer.load_state_dict(saved["trainer"])
+        position = saved["position"]
+        progress.epoch = position["epoch"]
+        if saved["results"] is not None:
+            progress.train_result = EpochResult(**saved["results"]["train"])
+            progress.test_result = TestResult(**saved["results"]["test"])
+        if position["step"]:
+            resume_at = position
     tracker = build_tracker(cfg, folder) if context.is_main else Tracker()
     tracker.start(OmegaConf.to_container(cfg, resolve=True), kind="eval")
     quiet = not (cfg.run.progress and context.is_main)
@@ -304,48 +519,198 @@ def run_evaluation(cfg: DictConfig) -> dict:
             f"run folder: {folder.path}\n{datasets.description}\n"
             f"genotype {choice.source}: {spec.kind} network, {spec.layers} cells, "
             f"C={spec.init_channels}, {params_m:.2f} M parameters, {context.world_size} process(es)"
+            + (f"\nresuming at epoch {progress.epoch}" if saved is not None else "")
         )
 
-    started = time.perf_counter()
-    train_result = test_result = None
-    for epoch in tqdm(range(settings.epochs), desc="epochs", disable=quiet):
-        tick = time.perf_counter()
-        train_result = trainer.train_epoch(epoch, train_loader)
-        if not math.isfinite(train_result.loss):
-            raise NonFiniteError(
-                f"evaluation training loss is {train_result.loss} in epoch {epoch} "
-                f"(genotype {choice.source}); lower eval.lr or keep eval.grad_clip > 0"
-            )
-        test_result = trainer.test(test_loader)
-        row = {
-            "epoch": epoch,
-            "lr": settings.learning_rate(epoch),
-            "drop_path_prob": settings.drop_path_at(epoch),
-            "train_loss": train_result.loss,
-            "train_acc": train_result.accuracy,
-            "test_loss": test_result.loss,
-            "test_acc": test_result.top1,
-            "test_top5_acc": test_result.top5,
-            "seconds": time.perf_counter() - tick,
-        }
-        folder.append_jsonl("metrics.jsonl", row)
-        tracker.log_metrics(row, epoch)
-        folder.save_torch(
-            "model.pt",
-            trained_network_payload(spec, network, epoch=epoch + 1, genotype_source=choice.source),
+    started = time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0)
+    steps_per_epoch = trainer.steps_in_epoch(train_loader)
+    total_steps = settings.epochs * steps_per_epoch
+    every = cfg.checkpoint.every_steps
+    checkpoint_state = {
+        "kind": CHECKPOINT_KIND,
+        "genotype": _choice_state(choice),
+        "network": dataclasses.asdict(spec),
+    }
+
+    def checkpoint(sums: EpochSums | None = None, epoch_rng=None, epoch_started=0.0) -> None:
+        _save_eval_checkpoint(
+            folder,
+            trainer,
+            context,
+            progress,
+            checkpoint_state,
+            elapsed=time.perf_counter() - started,
+            sums=sums,
+            epoch_rng=epoch_rng,
+            epoch_seconds=time.perf_counter() - epoch_started,
         )
+
+    epochs = tqdm(
+        range(progress.epoch, settings.epochs),
+        desc="epochs",
+        disable=quiet,
+        initial=progress.epoch,
+        total=settings.epochs,
+    )
+    with StopRequests() as stop:
+        wants_stop = _StopVote(context, stop)
+        if saved is not None and resume_at is None:
+            # At the start of an epoch: the RNGs continue from the checkpoint (inside an epoch,
+            # after the replay below).
+            set_rng_state(saved["rng"][context.rank])
+
+        def stopped(step: int) -> EvaluationInterrupted:
+            signal = stop.received if stop.received is not None else "on another process"
+            return EvaluationInterrupted(
+                f"evaluation stopped by signal {signal} after step {step} of {total_steps} "
+                f"(epoch {progress.epoch})",
+                folder.path,
+                context.world_size,
+            )
+
+        for epoch in epochs:
+            trainer.start_epoch(epoch, train_loader)
+            if resume_at is not None:
+                # Replay the shuffle and the augmentations of the steps already taken (the
+                # loader's workers draw their seeds from this state), then continue the RNGs
+                # from the checkpoint.
+                epoch_rng = resume_at["epoch_rng"][context.rank]
+                set_rng_state(epoch_rng)
+                batches = iter(train_loader)
+                for _ in range(resume_at["step"]):
+                    next(batches)
+                set_rng_state(saved["rng"][context.rank])
+                sums = EpochSums.from_dict(resume_at["sums"][context.rank], device)
+                tick = time.perf_counter() - resume_at["epoch_seconds"]
+                resume_at = saved = None
+            else:
+                epoch_rng = rng_state()
+                batches = iter(train_loader)
+                sums = EpochSums(device)
+                tick = time.perf_counter()
+
+            def after_step(sums: EpochSums, epoch=epoch, epoch_rng=epoch_rng, tick=tick) -> None:
+                if sums.steps == steps_per_epoch:  # the end of the epoch checkpoints
+                    return
+                step = epoch * steps_per_epoch + sums.steps
+                periodic = bool(every) and step % every == 0
+                if periodic:
+                    checkpoint(sums, epoch_rng, tick)
+                if wants_stop():
+                    if not periodic:
+                        checkpoint(sums, epoch_rng, tick)
+                    epochs.close()
+                    raise stopped(step)
+
+            trainer.train_batches(batches, sums, steps_per_epoch, after_step)
+            del batches  # its workers end here
+            train_result = trainer.finish_epoch(sums)
+            if not math.isfinite(train_result.loss):
+                raise NonFiniteError(
+                    f"evaluation training loss is {train_result.loss} in epoch {epoch} "
+                    f"(genotype {choice.source}); lower eval.lr or keep eval.grad_clip > 0"
+                )
+            test_result = trainer.test(test_loader)
+            row = {
+                "epoch": epoch,
+                "lr": settings.learning_rate(epoch),
+                "drop_path_prob": settings.drop_path_at(epoch),
+                "train_loss": train_result.loss,
+                "train_acc": train_result.accuracy,
+                "test_loss": test_result.loss,
+                "test_acc": test_result.top1,
+                "test_top5_acc": test_result.top5,
+                "seconds": time.perf_counter() - tick,
+            }
+            folder.append_jsonl("metrics.jsonl", row)
+            tracker.log_metrics(row, epoch)
+            folder.save_torch(
+                "model.pt",
+                trained_network_payload(
+                    spec, network, epoch=epoch + 1, genotype_source=choice.source
+                ),
+            )
+            progress.epoch = epoch + 1
+            progress.train_result, progress.test_result = train_result, test_result
+            checkpoint()
+            if progress.epoch < settings.epochs and wants_stop():
+                epochs.close()
+                raise stopped(progress.epoch * steps_per_epoch)
     wall_seconds = time.perf_counter() - started
 
     checksums = context.gather(weights_checksum(network))
     summary = evaluation_summary(
-        cfg, choice, context, params_m, train_result, test_result, wall_seconds, checksums
+        cfg,
+        choice,
+        context,
+        params_m,
+        progress.train_result,
+        progress.test_result,
+        wall_seconds,
+        checksums,
     )
     folder.write_json("summary.json", summary)
+    # Finished: summary.json and model.pt say all the checkpoint would.
+    if folder.enabled:
+        folder.file(CHECKPOINT).unlink(missing_ok=True)
     tracker.finish(summary)
     if context.is_main:
         print_eval_summary(summary, folder.path)
     context.barrier()
     return summary
+
+
+def _save_eval_checkpoint(
+    folder: RunFolder,
+    trainer: EvalTrainer,
+    context: DistributedContext,
+    progress: _Progress,
+    fixed: dict,
+    *,
+    elapsed: float,
+    sums: EpochSums | None,
+    epoch_rng,
+    epoch_seconds: float,
+) -> None:
+    """Atomically replace checkpoint.pt (rank 0 writes; every rank's RNG states are in it).
+
+    With ``sums`` the run is inside epoch ``progress.epoch``, ``sums.steps`` steps in; without,
+    at the start of epoch ``progress.epoch``.
+    """
+    rng = context.gather(rng_state())
+    position = {"epoch": progress.epoch, "step": 0}
+    if sums is not None:
+        position.update(
+            step=sums.steps,
+            sums=context.gather(sums.to_dict()),
+            epoch_rng=context.gather(epoch_rng),
+            epoch_seconds=epoch_seconds,
+        )
+    results = None
+    if progress.train_result is not None:
+        results = {
+            "train": dataclasses.asdict(progress.train_result),
+            "test": dataclasses.asdict(progress.test_result),
+        }
+    line_files = {}
+    for name in LINE_FILES:
+        path = folder.file(name)
+        line_files[name] = path.stat().st_size if path.exists() else 0
+    if not folder.enabled:
+        return
+    folder.save_torch(
+        CHECKPOINT,
+        {
+            **fixed,
+            "world_size": context.world_size,
+            "trainer": trainer.state_dict(),
+            "position": position,
+            "rng": rng,
+            "results": results,
+            "line_files": line_files,
+            "elapsed_seconds": elapsed,
+        },
+    )
 
 
 def evaluation_summary(

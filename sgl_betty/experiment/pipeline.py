@@ -6,11 +6,16 @@ by evaluation.
 error, as the paper's tables report them. ``--stage all`` searches, then evaluates the best
 learner's genotype (the highest search validation accuracy) or every learner's
 (``eval.learners``) in ``<search run>/eval-learner<k>/``.
+
+``--stage eval --resume <run>`` on such a folder skips the seeds that finished, resumes the one
+that was stopped (from its checkpoint; one stopped before its first checkpoint starts again),
+runs the rest and writes the aggregate.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +27,8 @@ from sgl_betty.tracking import RunFolder
 
 from .config import ConfigError, to_yaml
 from .evaluate import (
+    CHECKPOINT,
+    EvaluationInterrupted,
     check_eval_config,
     cost_key,
     default_eval_run_dir,
@@ -31,17 +38,62 @@ from .genotype_source import best_learner, resolve_eval_genotype
 from .search import default_run_dir, resolve_device
 
 
-def evaluate_stage(cfg: DictConfig) -> dict:
-    """``--stage eval``: one evaluation, or one per seed and their aggregate."""
+def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
+    """``--stage eval``: one evaluation, or one per seed and their aggregate; with ``resume``,
+    continue the run (or the seeds' runs) in ``cfg.run.dir``."""
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
     if not cfg.seeds:
-        return run_evaluation(cfg)
-    # Resolved once, before the first seed, so that a bad genotype costs no training.
-    choice = resolve_eval_genotype(cfg.eval.genotype)
-    root = Path(cfg.run.dir or default_eval_run_dir(cfg, choice.label))
-    runs = [_seed_row(seed, summary) for seed, summary in _per_seed(cfg, root, run_evaluation)]
-    return _write_aggregate(cfg, root, runs, context.is_main, genotype_source=choice.source)
+        return run_evaluation(cfg, resume=resume)
+    if resume:
+        root = Path(cfg.run.dir)
+        finished = _finished_aggregate(root)
+        if finished is not None:
+            if context.is_main:
+                print(
+                    f"nothing to resume: the {len(finished['runs'])} seeds in {root} are finished"
+                )
+            return finished
+        genotype_source = None
+    else:
+        # Resolved once, before the first seed, so that a bad genotype costs no training.
+        choice = resolve_eval_genotype(cfg.eval.genotype)
+        root = Path(cfg.run.dir or default_eval_run_dir(cfg, choice.label))
+        genotype_source = choice.source
+        # Written first, so that the whole set of seeds can be resumed from this folder.
+        RunFolder(root, enabled=context.is_main).write_text("config.yaml", to_yaml(cfg))
+
+    def run_one(seed_cfg: DictConfig) -> dict:
+        folder = Path(seed_cfg.run.dir)
+        # A seed that never reached its first checkpoint starts again from scratch.
+        resumable = resume and (
+            (folder / CHECKPOINT).is_file() or (folder / "summary.json").is_file()
+        )
+        try:
+            return run_evaluation(seed_cfg, resume=resumable)
+        except EvaluationInterrupted as error:
+            # Resuming the top folder continues this seed and then the others.
+            raise EvaluationInterrupted(
+                f"{error.what} in {folder}", root, context.world_size
+            ) from None
+
+    runs = [_seed_row(seed, summary) for seed, summary in _per_seed(cfg, root, run_one)]
+    if genotype_source is None:
+        genotype_source = runs[0]["genotype_source"]
+    return _write_aggregate(cfg, root, runs, context.is_main, genotype_source=genotype_source)
+
+
+def _finished_aggregate(root: Path) -> dict | None:
+    path = root / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("kind") != "seeds":
+        raise ConfigError(
+            f"cannot resume {root} as an evaluation over seeds: its summary.json is that of a "
+            f"{summary.get('kind', 'search')} run"
+        )
+    return summary
 
 
 def search_and_evaluate_stage(cfg: DictConfig) -> dict:
