@@ -9,7 +9,7 @@ from pathlib import Path
 from sgl_betty.data import DatasetCorruptedError, DatasetNotFoundError
 from sgl_betty.evaluation.distributed import shutdown_distributed
 from sgl_betty.experiment.config import ConfigError, load_config, load_run_config
-from sgl_betty.experiment.search import SearchInterrupted
+from sgl_betty.experiment.interruption import RunInterrupted
 from sgl_betty.problems import NonFiniteError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -98,7 +98,7 @@ def main(recipe: str, argv: list[str] | None = None) -> int:
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except SearchInterrupted as error:
+    except RunInterrupted as error:
         print(f"stopped: {error}", file=sys.stderr)
         return 130
     finally:

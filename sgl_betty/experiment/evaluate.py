@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
@@ -57,16 +56,15 @@ from sgl_betty.tracking import RunFolder, Tracker, build_tracker
 
 from .config import ConfigError, to_yaml
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
-from .search import (
+from .interruption import (
     CHECKPOINT,
-    SearchInterrupted,
+    RunInterrupted,
     StopRequests,
-    machine_description,
-    resolve_device,
+    StopVote,
     rng_state,
-    seed_everything,
     set_rng_state,
 )
+from .search import machine_description, resolve_device, seed_everything
 
 EVAL_DATASETS = ("cifar100", "cifar10", "synthetic", "imagenet")
 CIFAR_IMAGE_SIZE = 32
@@ -302,7 +300,7 @@ LINE_FILES = ("metrics.jsonl",)
 CHECKPOINT_KIND = "eval"
 
 
-class EvaluationInterrupted(SearchInterrupted):
+class EvaluationInterrupted(RunInterrupted):
     """SIGINT/SIGTERM stopped the evaluation after a checkpoint; the message says how to resume.
 
     ``what`` is the message without the resume command."""
@@ -317,26 +315,6 @@ def resume_command(path: Path, world_size: int) -> str:
     if world_size > 1:
         command += f" (under torchrun with --nproc_per_node {world_size}, as before)"
     return command
-
-
-class _StopVote:
-    """Whether to stop after this step: a signal to any process stops every process at the same
-    step (each has to write its share of the checkpoint, a collective)."""
-
-    def __init__(self, context: DistributedContext, stop: StopRequests):
-        self.context, self.stop = context, stop
-        self.group = None
-        if context.enabled and dist.get_backend() != "gloo":
-            # Vote on the CPU, so that the vote after every step never waits for the GPU.
-            self.group = dist.new_group(backend="gloo")
-
-    def __call__(self) -> bool:
-        requested = self.stop.received is not None
-        if not self.context.enabled:
-            return requested
-        flag = torch.tensor([int(requested)])
-        dist.all_reduce(flag, group=self.group)
-        return bool(flag.item())
 
 
 @dataclass
@@ -553,7 +531,7 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
         total=settings.epochs,
     )
     with StopRequests() as stop:
-        wants_stop = _StopVote(context, stop)
+        wants_stop = StopVote(context, stop)
         if saved is not None and resume_at is None:
             # At the start of an epoch: the RNGs continue from the checkpoint (inside an epoch,
             # after the replay below).

@@ -12,8 +12,6 @@ import hashlib
 import math
 import platform
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,14 @@ from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.tracking import RunFolder, build_tracker
 
 from .config import ConfigError, sgl_config, to_yaml
+from .interruption import (
+    CHECKPOINT,
+    RunInterrupted,
+    StopRequests,
+    StopVote,
+    rng_state,
+    set_rng_state,
+)
 from .methods import SearchMethod, SearchStage, search_method, search_stages, stage_learners
 
 
@@ -113,57 +119,11 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-CHECKPOINT = "checkpoint.pt"
 LINE_FILES = ("metrics.jsonl", "genotypes.jsonl")
 
 
-class SearchInterrupted(Exception):
+class SearchInterrupted(RunInterrupted):
     """SIGINT/SIGTERM stopped the search after a checkpoint; the message says how to resume."""
-
-
-class StopRequests:
-    """Turns SIGINT and SIGTERM into a request honoured between two steps, so that the state
-    written to the checkpoint is always that of a whole step."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:  # a second Ctrl-C: stop now, the last checkpoint stands
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> DataLoader:
@@ -341,6 +301,7 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
     first_step = stage.first_epoch * steps_per_epoch  # steps of the stages before this one
     staged = stage.p_darts is not None
     window_seconds, window_steps = 0.0, 0
+    wants_stop = StopVote(run.context, stop)
 
     def checkpoint() -> None:
         save_checkpoint(folder, engine, run.context, run.elapsed(), run.position)
@@ -374,14 +335,14 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
             checkpoint()
         elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
             checkpoint()
-        if stop.received is not None and step < run.total_steps:
+        if step < run.total_steps and wants_stop():
             if step % steps_per_epoch and not (
                 cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
             ):
                 checkpoint()
             run.progress.close()
             raise SearchInterrupted(
-                f"search stopped by signal {stop.received} after step {step} of "
+                f"search stopped by signal {stop.received or 'on another process'} after step {step} of "
                 f"{run.total_steps}; resume with: --resume {folder.path}"
             )
 
