@@ -59,43 +59,33 @@ paths (K - 1 fewer with ``pseudo_label_arch_grad=false``, only P1 with
 Each path starts from dL_val/dW_j (``betty.hypergradient.get_grads``: one B through learner j's
 validation graph, which ``retain_graph=True`` keeps). K = 1 has w_0 and arch_0 only, path P1.
 
+Before the engine's one-sweep hypergradient (engine/hypergradient.py), each arch_k followed
+its paths one by one (K^2 validation forwards, K (3K - 2) solver calls through W stages) and
+every W stage re-ran its peers' pseudo-label forwards: K = 2 darts 86 passes, neumann(1) 112,
+unrolled (then exact) 84; BENCHMARKS.md keeps those figures.
+
 Current code, per step (K >= 2 unless said otherwise):
 
 - V stage (problems/v_stage.py), each k: 1 F (D_tr) + 1 B.                       -> K(F + B)
-- W stage (problems/w_stage.py), each k: own forward on D_tr and on D_u (2 F), one pseudo-label
-  forward per peer (K - 1 F, without a graph: ``descending``), backward through its two
-  forwards (2 B).                                                    -> K(K + 1) F + 2K B
+- W stage (problems/w_stage.py), each k: own forward on D_tr and on D_u (2 F) and 2 B; each
+  V_k's pseudo-labels are computed once per step without a graph and shared (K F).
+                                                                      -> 3K F + 2K B
   K = 1: no V stage; W is 1 F + 1 B (no unlabelled data).
-- Architecture stage (problems/arch_stage.py), each k:
-  first_order: own validation forward (``own_loss_only``) + 1 B.                 -> K(F + B)
-  implicit (darts, unrolled, neumann, cg): the forwards of all K learners' validation losses
-  (K F, so K^2 F in all), the direct dL/dA_k (1 B), then per path 1 B for dL_val/dW_j and the
-  solvers. Re-evaluating w_j's loss (``training_step`` outside the descent) costs S_W = K + 1
-  forwards (own D_tr and D_u, and every peer's pseudo-labels, now with a graph); K = 1: S_W = 1.
-  n_W = 2 own forward graphs (K = 1: 1). v_k's loss costs 1 F.
+- Architecture stage: one validation forward and backward per learner (the backward gives
+  dL_j/dA_j and, for implicit types, dL_j/dW_j).                               -> K(F + B)
+- Implicit types: one solver call per w_j, whose "previous problem" is every problem its
+  paths continue to (A_j, the peers' A_k and V_k), on the vector dL_j/dW_j; then one solver call
+  per v_k on the sum of the vectors the w_j sent it. Re-evaluating w_j's loss costs
+  S_W = 2 + (K - 1) F (own D_tr and D_u, every peer's pseudo-labels with a graph; K = 1: 1);
+  a gradient towards the union runs back through w_j's n_W = 2 own graphs and the K - 1 peer
+  pseudo-label graphs. With i = neumann_iterations (cg: cg_iterations; unrolled_exact: 0):
 
-  Solver costs (Betty's ``darts``/``neumann``, engine/solvers.py ``sgl_cg``), with i =
-  neumann_iterations (unrolled: Neumann with i = 0) or cg_iterations (one HVP per CG iteration):
+  - darts and unrolled (finite differences, Eq. 9): w_j 2 (S_W F + (n_W + K - 1) B),
+    v_k 2 (F + B);
+  - neumann / cg: w_j S_W F + (n_W + K - 1) B + (i + 1) n_W S, v_k F + B + (i + 1) S.
 
-  ================  =========================  ==========================================
-  application       darts (2 re-evaluations)    neumann / cg (i iterations)
-  ================  =========================  ==========================================
-  w_j -> arch_j     2 (S_W F + n_W B)           S_W F + n_W B + i n_W S + n_W S
-  w_j -> v_k        2 (S_W F + 1 B)             S_W F + (n_W + 1) B + i n_W S + 1 S
-  w_j -> arch_k     2 (S_W F + 1 B)             same as w_j -> v_k
-  v_k -> arch_k     2 (F + B)                   F + B + i S + 1 S
-  ================  =========================  ==========================================
-
-  (The mixed derivative of w_j's gradient with respect to V_k or A_k runs through the D_u
-  graph of W_j (1 S) and back through peer k's pseudo-label forward (1 B).)
-
-  Totals, passes = F + B + 2 S:
-
-  - K = 1: first_order 4; darts 9; neumann/cg with i iterations 9 + 2i (unrolled 9).
-  - K >= 2, first_order: K^2 + 7K (K=2: 18, K=3: 30).
-  - K >= 2, darts: 2K + K(K + 3) + 3K^2 + K[2(K + 3) + (K - 1)(4K + 12)] (K=2: 86, K=3: 231).
-  - K >= 2, neumann/cg(i): 2K + K(K + 3) + 3K^2 + K[(K + 7 + 4i) + (K - 1)(2K + 16 + 10i)]
-    (i = 1: K=2: 112, K=3: 285; unrolled, i = 0: K=2: 84, K=3: 219).
+  Totals, passes = F + B + 2 S: K = 1: first_order 4, darts 8, neumann/cg 8 + 2i.
+  K = 2: first_order 18, darts and unrolled 50, neumann(1) 58. K = 3: 27, 87, 93.
 
 Floor (what the same approximation needs, each quantity computed once per step):
 
@@ -143,7 +133,7 @@ PRESETS = {
         image_size=8,
         batch_size=4,
         num_classes=10,
-        steps=4,
+        steps=1,
         repeats=2,
         warmup=1,
         learners=[1, 2],
@@ -224,7 +214,7 @@ def parse_args(argv: list[str]) -> dict:
         key, value = arg.split("=", 1)
         pairs.append((key.strip().replace("-", "_"), value))
     cfg = dict(DEFAULTS)
-    for key, value in pairs:
+    for key, _ in pairs:
         if key not in DEFAULTS:
             raise UsageError(f"unknown key {key!r}; keys: {', '.join(DEFAULTS)}")
     preset = dict(pairs).get("preset", DEFAULTS["preset"])
@@ -287,48 +277,33 @@ def _path_counts(K: int, cfg: dict) -> tuple[int, int]:
 
 
 def current_passes(K: int, hypergrad: str, cfg: dict) -> Count:
-    """What the current engine executes per step (see the module docstring)."""
+    """What the engine executes per step (see "Current code" in the module docstring)."""
     c = Count()
     if K == 1:
         c.add("w", F=1, B=1)
     else:
         c.add("v", F=K, B=K)
-        c.add("w", F=K * (K + 1), B=2 * K)
+        c.add("w", F=3 * K, B=2 * K)  # own D_tr and D_u forwards, each V's pseudo-labels once
+    c.add("arch", F=K, B=K)  # one validation forward and backward per learner
     if hypergrad == "first_order":
-        c.add("arch", F=K, B=K)
         return c
-    c.add("arch", F=K * K, B=K)
     n_w = 1 if K == 1 else 2
-    s_w = n_w + (K - 1)
+    peers = 0 if K == 1 or cfg["detach_pseudo_labels"] else K - 1
+    s_w = n_w + peers
     i = _iterations(hypergrad, cfg)
-    n_p2, n_p3 = _path_counts(K, cfg)
-
-    def solver(kind: str) -> None:
-        if hypergrad == "darts":
-            if kind == "w_own":
-                c.add("solver_w", F=2 * s_w, B=2 * n_w)
-            elif kind == "w_cross":
-                c.add("solver_w", F=2 * s_w, B=2)
-            else:
-                c.add("solver_v", F=2, B=2)
+    finite_difference = hypergrad in ("darts", "unrolled")
+    for _ in range(K):  # one solver call per w_j, towards every problem its paths continue to
+        if finite_difference:
+            c.add("solver_w", F=2 * s_w, B=2 * (n_w + peers))
         else:
-            if kind == "w_own":
-                c.add("solver_w", F=s_w, B=n_w, S=i * n_w + n_w)
-            elif kind == "w_cross":
-                c.add("solver_w", F=s_w, B=n_w + 1, S=i * n_w + 1)
+            c.add("solver_w", F=s_w, B=n_w + peers, S=(i + 1) * n_w)
+    n_p2, _ = _path_counts(K, cfg)
+    if n_p2:
+        for _ in range(K):  # one solver call per v_k, on the sum of what the w_j sent it
+            if finite_difference:
+                c.add("solver_v", F=2, B=2)
             else:
                 c.add("solver_v", F=1, B=1, S=i + 1)
-
-    for _ in range(K):
-        c.add("path_start", B=1)  # P1
-        solver("w_own")
-        for _ in range(n_p2):
-            c.add("path_start", B=1)
-            solver("w_cross")
-            solver("v")
-        for _ in range(n_p3):
-            c.add("path_start", B=1)
-            solver("w_cross")
     return c
 
 
@@ -504,6 +479,21 @@ class ForwardCounter:
             handle.remove()
 
 
+def prime(cfg: dict, device: torch.device, data) -> None:
+    """Load every module and run one forward and backward before any row is measured, so that
+    one-time costs (imports, allocator and thread-pool set-up) fall on no row."""
+    import sgl_betty.engine  # noqa: F401  (Betty and the problems)
+
+    net, arch = make_net(cfg).to(device), make_arch(cfg).to(device)
+    x, y = data[0][0]
+    F.cross_entropy(net(x, arch()), y).backward()
+    sync(device)
+    primer = dict(cfg, init_channels=1, layers=1, steps=1)
+    engine = build_engine(1, "darts", primer, device, data)[0]
+    engine.step()
+    sync(device)
+
+
 def measure_unit(cfg: dict, device: torch.device, data, memory: Memory) -> dict:
     torch.manual_seed(cfg["seed"])
     memory.start()
@@ -522,15 +512,30 @@ def measure_unit(cfg: dict, device: torch.device, data, memory: Memory) -> dict:
     forwards = counter.count / (cfg["warmup"] + cfg["repeats"])
     counter.remove()
     peak = memory.peak_mb()
-    del net, arch, params
     return dict(times=times, forwards_observed=forwards, peak_memory_mb=peak)
 
 
 def measure_engine(K: int, hypergrad: str, cfg: dict, device: torch.device, data, memory):
-    from sgl_betty import HypergradConfig, Learner, SGLConfig, build_sgl_engine
-
     torch.manual_seed(cfg["seed"])
     memory.start()
+    engine, learners = build_engine(K, hypergrad, cfg, device, data)
+    nets = [
+        net for learner in learners for net in (learner.v_net, learner.w_net) if net is not None
+    ]
+    for _ in range(cfg["warmup"]):
+        engine.step()
+    counter = ForwardCounter(nets)
+    times = timed(engine.step, 0, cfg["repeats"], device)
+    forwards = counter.count / cfg["repeats"]
+    counter.remove()
+    peak = memory.peak_mb()
+    del engine, learners, nets
+    return dict(times=times, forwards_observed=forwards, peak_memory_mb=peak)
+
+
+def build_engine(K: int, hypergrad: str, cfg: dict, device: torch.device, data):
+    from sgl_betty import HypergradConfig, Learner, SGLConfig, build_sgl_engine
+
     learners = [
         Learner(make_arch(cfg), make_net(cfg) if K > 1 else None, make_net(cfg)) for _ in range(K)
     ]
@@ -553,16 +558,7 @@ def measure_engine(K: int, hypergrad: str, cfg: dict, device: torch.device, data
         train_iters=10**9,
         device=device,
     )
-    nets = [net for learner in learners for net in (learner.v_net, learner.w_net) if net is not None]
-    for _ in range(cfg["warmup"]):
-        engine.step()
-    counter = ForwardCounter(nets)
-    times = timed(engine.step, 0, cfg["repeats"], device)
-    forwards = counter.count / cfg["repeats"]
-    counter.remove()
-    peak = memory.peak_mb()
-    del engine, learners, nets
-    return dict(times=times, forwards_observed=forwards, peak_memory_mb=peak)
+    return engine, learners
 
 
 # ----------------------------------------------------------------------------- output
@@ -599,6 +595,7 @@ def run(cfg: dict) -> dict:
     threads = torch.get_num_threads()
     memory = Memory(device)
     data = make_data(cfg, device)
+    prime(cfg, device, data)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
