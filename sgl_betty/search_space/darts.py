@@ -170,8 +170,17 @@ class SearchNetwork(nn.Module):
             channels,
             reduction,
             reduction_prev,
-            self.primitives,
+            self.cell_primitives(reduction),
+            **self.cell_options(),
         )
+
+    def cell_primitives(self, reduction: bool):
+        """The candidate ops of a cell's edges (variants with per-edge op subsets override)."""
+        return self.primitives
+
+    def cell_options(self) -> dict[str, Any]:
+        """Extra constructor arguments of ``cell_cls`` (e.g. PC-DARTS's partial channels)."""
+        return {}
 
     def cell_weights(self, arch_weights: Any) -> tuple[Any, Any]:
         """What the normal and the reduction cells receive: softmax over each edge's ops."""

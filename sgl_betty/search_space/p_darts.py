@@ -185,24 +185,8 @@ class PDartsSearchNetwork(SearchNetwork):
         if skip_dropout_schedule is not None:
             self.set_skip_dropout(skip_dropout_schedule.rate_at_epoch(0))
 
-    def build_cell(
-        self,
-        prev_prev_channels: int,
-        prev_channels: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
-    ) -> nn.Module:
-        return self.cell_cls(
-            self.steps,
-            self.multiplier,
-            prev_prev_channels,
-            prev_channels,
-            channels,
-            reduction,
-            reduction_prev,
-            self.reduce_primitives if reduction else self.normal_primitives,
-        )
+    def cell_primitives(self, reduction: bool):
+        return self.reduce_primitives if reduction else self.normal_primitives
 
     def cell_weights(self, arch_weights: Any) -> tuple[torch.Tensor, torch.Tensor]:
         alpha_normal, alpha_reduce = split_arch_weights(arch_weights)

@@ -118,25 +118,8 @@ class PCDartsSearchNetwork(SearchNetwork):
         self.partial_channels = partial_channels
         super().__init__(*args, **kwargs)
 
-    def build_cell(
-        self,
-        prev_prev_channels: int,
-        prev_channels: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
-    ) -> nn.Module:
-        return self.cell_cls(
-            self.steps,
-            self.multiplier,
-            prev_prev_channels,
-            prev_channels,
-            channels,
-            reduction,
-            reduction_prev,
-            self.primitives,
-            partial_channels=self.partial_channels,
-        )
+    def cell_options(self) -> dict[str, Any]:
+        return {"partial_channels": self.partial_channels}
 
     def cell_weights(self, arch_weights: Any) -> tuple[PCDartsCellWeights, PCDartsCellWeights]:
         if isinstance(arch_weights, torch.Tensor) or len(arch_weights) != 4:
