@@ -337,15 +337,15 @@ def _choice_from_state(state: dict) -> GenotypeChoice:
     return GenotypeChoice(**{**state, "genotype": genotype_from_dict(state["genotype"])})
 
 
-def finished_summary(path: Path) -> dict | None:
-    """The summary.json of a finished evaluation run in ``path``, None while it is unfinished."""
+def finished_summary(path: Path, kind: str = "eval", what: str = "an evaluation") -> dict | None:
+    """The summary.json of a finished run of ``kind`` in ``path``, None while it is unfinished."""
     file = Path(path) / "summary.json"
     if not file.is_file():
         return None
     summary = json.loads(file.read_text())
-    if summary.get("kind") != "eval":
+    if summary.get("kind") != kind:
         raise ConfigError(
-            f"cannot resume {path} as an evaluation: its summary.json is that of a finished "
+            f"cannot resume {path} as {what}: its summary.json is that of a finished "
             f"{summary.get('kind', 'search')} run"
         )
     return summary

@@ -15,7 +15,6 @@ runs the rest and writes the aggregate.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from .evaluate import (
     check_eval_config,
     cost_key,
     default_eval_run_dir,
+    finished_summary,
     run_evaluation,
 )
 from .genotype_source import best_learner, resolve_eval_genotype
@@ -47,7 +47,7 @@ def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
         return run_evaluation(cfg, resume=resume)
     if resume:
         root = Path(cfg.run.dir)
-        finished = _finished_aggregate(root)
+        finished = finished_summary(root, "seeds", "an evaluation over seeds")
         if finished is not None:
             if context.is_main:
                 print(
@@ -81,19 +81,6 @@ def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
     if genotype_source is None:
         genotype_source = runs[0]["genotype_source"]
     return _write_aggregate(cfg, root, runs, context.is_main, genotype_source=genotype_source)
-
-
-def _finished_aggregate(root: Path) -> dict | None:
-    path = root / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    if summary.get("kind") != "seeds":
-        raise ConfigError(
-            f"cannot resume {root} as an evaluation over seeds: its summary.json is that of a "
-            f"{summary.get('kind', 'search')} run"
-        )
-    return summary
 
 
 def search_and_evaluate_stage(cfg: DictConfig) -> dict:
