@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import math
 import platform
 import random
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from sgl_betty.data import build_search_data
 from sgl_betty.engine import build_sgl_engine
-from sgl_betty.evaluation.distributed import DistributedContext, init_distributed
+from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
 from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.tracking import RunFolder, build_tracker
 
@@ -141,14 +140,6 @@ def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> D
     )
 
 
-def arch_checksum(arch: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(arch.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     """Run the search described by ``cfg`` and return its summary (also in summary.json).
 
@@ -233,7 +224,7 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     folder.save_torch(
         "architecture.pt", {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
     )
-    checksums = context.gather([arch_checksum(learner.arch) for learner in learners])
+    checksums = context.gather([weights_checksum(learner.arch) for learner in learners])
     summary = {
         "method": cfg.search.method,
         "hypergrad": cfg.hypergrad.type,
