@@ -10,7 +10,6 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-import torch
 
 from sgl_betty.tracking import compare_runs, markdown_report
 from sgl_betty.tracking.compare import COMPARE_FIGSIZE
@@ -32,27 +31,21 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    threads = torch.get_num_threads()
-    # Tiny networks gain nothing from threads, and lose a lot when the cores are shared.
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    try:
-        for name, overrides in {
-            "fo-seed1": ["hypergrad.type=first_order", "seed=1"],
-            "fo-seed2": ["hypergrad.type=first_order", "seed=2"],
-            "darts-seed1": ["hypergrad.type=darts", "seed=1"],
-        }.items():
-            assert recipe_main("cifar100", TINY + overrides + [f"run.dir={root / name}"]) == 0
-        published = [
-            "--stage",
-            "eval",
-            "eval.genotype=DARTS_V2",
-            "seeds=[1,2]",
-            f"run.dir={root / 'v2'}",
-        ]
-        assert recipe_main("cifar100", published + TINY) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for name, overrides in {
+        "fo-seed1": ["hypergrad.type=first_order", "seed=1"],
+        "fo-seed2": ["hypergrad.type=first_order", "seed=2"],
+        "darts-seed1": ["hypergrad.type=darts", "seed=1"],
+    }.items():
+        assert recipe_main("cifar100", TINY + overrides + [f"run.dir={root / name}"]) == 0
+    published = [
+        "--stage",
+        "eval",
+        "eval.genotype=DARTS_V2",
+        "seeds=[1,2]",
+        f"run.dir={root / 'v2'}",
+    ]
+    assert recipe_main("cifar100", published + TINY) == 0
     (root / "notes").mkdir()
     (root / "notes" / "todo.txt").write_text("not a run")
     (root / "README.txt").write_text("not a folder")

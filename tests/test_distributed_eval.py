@@ -2,23 +2,17 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from sgl_betty.evaluation import load_trained_network, weights_checksum
 from sgl_betty.tracking import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_end_with_identical_weights_and_one_run_folder(tmp_path):

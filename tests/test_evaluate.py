@@ -31,15 +31,6 @@ from recipe import main  # noqa: E402
 TINY_EVAL = ["--stage", "eval", "preset=tiny", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks gain nothing from threads, and lose a lot when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @torch.no_grad()
 def error_percent(network, loader, max_images):
     correct = seen = 0

@@ -67,14 +67,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def start(run_dir, *extra, **hooks):
     env = {**ENV, **{key.upper(): str(value) for key, value in hooks.items()}}
     return subprocess.Popen(

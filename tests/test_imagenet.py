@@ -23,14 +23,6 @@ from recipe import CONFIG_DIR, main  # noqa: E402
 CLASSES = ("cat", "dog", "fish")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_image_folder(root, train_per_class=4, val_per_class=2, classes=CLASSES):
     rng = np.random.default_rng(0)
     for split, count in (("train", train_per_class), ("val", val_per_class)):

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from sgl_betty.experiment.config import ConfigError, load_config
 from sgl_betty.experiment.methods import SEARCH_METHODS, build_learners, set_search_progress
@@ -13,15 +12,6 @@ from sgl_betty.experiment.search import run_search
 from sgl_betty.genotypes import PRIMITIVES, genotype_from_dict, validate_genotype
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(method: str, run_dir: Path, *overrides: str):

@@ -26,15 +26,6 @@ from sgl_betty.search_space.ops import FactorizedReduce
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
