@@ -22,35 +22,54 @@ from betty.configs import Config, EngineConfig
 
 from sgl_betty.config import SGLConfig
 from sgl_betty.learner import Learner
-from sgl_betty.problems import ArchStage, Peer, ValidatedLearner, VStage, WStage
+from sgl_betty.problems import ArchStage, Peer, VStage, WStage
 
 from .batches import SharedBatches
-from .hypergradient import StepHypergradient
+from .hypergradient import BettyPaths, OneSweep, ValidationObjective
+from .precision import describe_policy
 from .sgl_engine import SGLEngine
-from .solvers import CONJUGATE_GRADIENT, UNROLLED, register_solvers
+from .solvers import register_solvers, solver_name
+from .unrolled import StepRecorder, check_unrollable
 
 
 def lower_problem_config(sgl: SGLConfig, clip: float, warmup_steps: int = 0) -> Config:
     """Betty Config of a V or W problem: the solver used when a hypergradient passes through it."""
     hypergrad = sgl.hypergrad
-    solver = {
-        "first_order": "darts",  # never used: first-order has no paths
-        "darts": "darts",
-        # Exact: Neumann with no iterations and alpha = the step size is -xi * (mixed Hessian) v.
-        "unrolled": "neumann" if hypergrad.unrolled_exact else UNROLLED,
-        "neumann": "neumann",
-        "cg": CONJUGATE_GRADIENT,
-    }[hypergrad.type]
     return Config(
-        type=solver,
+        type=solver_name(hypergrad),
         darts_alpha=hypergrad.darts_alpha,
-        neumann_iterations=0 if hypergrad.type == "unrolled" else hypergrad.neumann_iterations,
+        neumann_iterations=hypergrad.neumann_iterations,
         neumann_alpha=hypergrad.neumann_alpha,
         cg_iterations=hypergrad.cg_iterations,
         cg_alpha=hypergrad.cg_alpha,
         gradient_clipping=clip,
         warmup_steps=warmup_steps,
     )
+
+
+def hypergradient_strategy(config: SGLConfig, w_stages, batches):
+    """How the architectures' gradient of Eq. 3's objective is computed (engine/hypergradient.py)."""
+    kind = config.hypergrad.type
+    objective = ValidationObjective(w_stages, config.validation_loss or config.labeled_loss)
+    second_order = kind != "first_order"
+    if config.hypergrad.path_by_path:
+        return BettyPaths(objective, second_order)
+    return OneSweep(objective, batches, second_order, at_one_step_weights=kind == "unrolled")
+
+
+def record_unrolled_steps(config: SGLConfig, v_stages, w_stages) -> None:
+    """The unrolled types differentiate the step each V and W takes (engine/unrolled.py): V's step
+    as taken (W's step saw it), W's as DARTS's unclipped virtual step."""
+    kind = config.hypergrad.type
+    if kind not in ("unrolled", "unrolled_post_step"):
+        return
+    pre_step = kind == "unrolled"
+    for stage in v_stages + w_stages:
+        if pre_step:
+            check_unrollable(stage.optimizer, stage.name)
+        stage.step_recorder = StepRecorder(
+            keep_weights=pre_step, through_clipping=stage.role == "v"
+        )
 
 
 def build_sgl_engine(
@@ -133,13 +152,13 @@ def build_sgl_engine(
                 **shared,
             )
         )
-    group = [ValidatedLearner(k, learner.w_net, learner.arch) for k, learner in enumerate(learners)]
+    hypergradient = hypergradient_strategy(config, w_stages, batches)
     for k, learner in enumerate(learners):
         arch_stages.append(
             ArchStage(
                 k,
                 learner.arch,
-                group,
+                hypergradient,
                 optimizer=learner.arch_optimizer(learner.arch.parameters()),
                 scheduler=None,
                 # Several hypergradient paths start from the same loss, so its graph is kept.
@@ -161,9 +180,6 @@ def build_sgl_engine(
                 if config.pseudo_label_arch_grad:
                     lowers += [w_stages[j] for j in range(num) if j != k]
             u2l[arch_stages[k]] = lowers
-    if hypergrad == "unrolled":
-        for stage in v_stages + w_stages:
-            stage.neumann_alpha_follows_lr = True
 
     problems = v_stages + w_stages + arch_stages
     engine_config = EngineConfig(train_iters=train_iters, valid_step=valid_step or train_iters + 1)
@@ -175,11 +191,8 @@ def build_sgl_engine(
         device=device,
         num_learners=num,
     )
-    sweep = StepHypergradient(
-        arch_stages, w_stages, batches, config.labeled_loss, autocast=config.autocast_dtype
-    )
-    for stage in arch_stages:
-        stage.hypergradient = sweep
+    if isinstance(hypergradient, OneSweep):
+        hypergradient.arch_stages = list(arch_stages)
     # Betty rebuilt each optimizer from its class and defaults; rebuild from the user's factory
     # so per-group settings survive, then attach schedulers to the optimizers actually stepped.
     for k, learner in enumerate(learners):
@@ -192,4 +205,6 @@ def build_sgl_engine(
         for stage, make_optimizer, make_scheduler in stages:
             stage.optimizer = make_optimizer(stage.trainable_parameters())
             stage.scheduler = make_scheduler(stage.optimizer) if make_scheduler else None
+    record_unrolled_steps(config, v_stages, w_stages)
+    engine.precision_policy = describe_policy(config.autocast_dtype, hypergrad != "first_order")
     return engine

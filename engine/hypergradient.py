@@ -1,29 +1,60 @@
-"""Every architecture's hypergradient of one step, in one reverse sweep over the graph.
+"""The architecture objective (the paper's Eq. 3) and every architecture's gradient of it.
 
-All architecture problems minimise the same objective, F = sum_j L(W_j, A_j, D_val) (the
-paper's Eq. 3), so arch_k's hypergradient is dF/dA_k. Betty computes it path by path for each
-arch_k: K (2K - 1) solver calls through W stages and K (K - 1) through V stages per step, each
-starting from the same validation gradients, and K^2 validation forward passes. Betty's
-solvers are linear in the vector they carry, so the same numbers come from reverse-mode
-accumulation over the paths Betty found:
+All architecture problems minimise the same objective, F = sum_j L_val(W_j, A_j, D_val), so
+arch_k's hypergradient is dF/dA_k. Two strategies compute it:
+
+``OneSweep`` (the default). Betty's solvers are linear in the vector they carry, so reverse-mode
+accumulation over the paths Betty found gives every dF/dA_k at once:
 
 1. one validation forward and backward per learner: dF/dW_j and the direct dF/dA_j;
 2. lower problems in order (W stages, then V stages): each takes the sum of the vectors
-   arriving at it and makes one solver call, Betty's own ``jvp_fn_mapping[type]``, whose
-   "previous problem" is the union of every problem the paths continue to from it; the result
-   is split between architectures (gradient) and lower problems (vectors arriving there).
+   arriving at it and makes one solver call, Betty's ``jvp_fn_mapping[type]``, whose "previous
+   problem" is the union of every problem the paths continue to from it; the result is split
+   between architectures (gradient) and lower problems (vectors arriving there).
 
-That is K validation passes and one solver call per lower problem: 2K solver calls per step
-instead of K (3K - 2). Exact solvers give the per-path numbers to rounding; the finite
-difference solvers differ only in where the difference is taken.
+That is K validation passes and 2K solver calls per step instead of K^2 passes and K (3K - 2)
+calls. For ``unrolled`` the validation gradient is taken at the one-step weights W' of Eq. 6
+(``engine/unrolled.py``), which differ from W's real post-step weights only where clipping cut
+W's step.
+
+``BettyPaths`` (``HypergradConfig(path_by_path=True)``): Betty's own backward, each architecture
+following each of its paths separately from the differentiable F. Slow; kept as the oracle the
+tests hold the sweep to.
+
+Both evaluate every second-order term at full precision (``engine/precision.py``).
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from betty.hypergradient import jvp_fn_mapping
 
 from sgl_betty.problems.base import accuracy
+
+from .precision import full_precision
+from .products import weights_set_to
+
+
+class ValidationObjective:
+    """Eq. 3: F = sum_j L_val(f(x_val; W_j, A_j), y_val), the objective of every architecture."""
+
+    def __init__(self, w_stages, loss):
+        self.w_stages = {stage.learner: stage for stage in w_stages}
+        self.loss = loss
+
+    def learner_loss(self, learner: int, batch):
+        """Learner ``learner``'s term of F, and its validation metrics."""
+        x, y = batch
+        stage = self.w_stages[learner]
+        logits = stage.module(x, stage.architecture())
+        loss = self.loss(logits, y)
+        return loss, {"val_loss": loss.detach(), "val_acc": accuracy(logits.detach(), y)}
+
+    def total(self, batch):
+        terms = [self.learner_loss(k, batch) for k in sorted(self.w_stages)]
+        return sum(loss for loss, _ in terms), [metrics for _, metrics in terms]
 
 
 class ProblemUnion:
@@ -51,19 +82,41 @@ def _add(into: dict, key, tensors) -> None:
         into[key] = tensors
 
 
-class StepHypergradient:
+def _precision(problem, second_order: bool):
+    return full_precision(torch.device(problem.device).type) if second_order else nullcontext()
+
+
+class OneSweep:
     """Computes, once per engine step, the gradient of F for every architecture problem."""
 
-    def __init__(self, arch_stages, w_stages, batches, labeled_loss, autocast=None):
-        self.arch_stages = list(arch_stages)
-        self.w_stages = {w.learner: w for w in w_stages}
+    def __init__(self, objective, batches, second_order: bool, at_one_step_weights: bool):
+        self.objective = objective
         self.batches = batches
-        self.labeled_loss = labeled_loss
-        self.autocast = autocast
-        self._successors, self._order = self._sweep_plan()
+        self.second_order = second_order
+        # unrolled: the validation gradient at W' = w - xi d (Eq. 6), not at W's weights.
+        self.at_one_step_weights = at_one_step_weights
+        self.arch_stages: list = []
+        self._plan = None
         self._step = None
         self.arch_grads: dict = {}
         self.metrics: dict = {}
+
+    # -- the architecture problem's side -------------------------------------------------
+    def loss(self, arch, batch):
+        self._ensure_computed(arch)
+        metrics = self.metrics[arch.learner]
+        arch.record(**metrics)
+        return metrics["val_loss"]
+
+    def backward(self, arch, loss, params, paths, create_graph, retain_graph):
+        arch.set_grads(params, self.arch_grads[arch.learner])
+
+    # -- the sweep -------------------------------------------------------------------------
+    def _ensure_computed(self, arch) -> None:
+        if self._step != self.batches.step:
+            with _precision(arch, self.second_order):
+                self._compute()
+            self._step = self.batches.step
 
     def _sweep_plan(self):
         successors: dict = {}
@@ -85,45 +138,58 @@ class StepHypergradient:
             remaining = [n for n in remaining if n not in ready]
         return successors, order
 
-    def result(self):
-        if self._step != self.batches.step:
-            self._compute()
-            self._step = self.batches.step
-        return self
-
-    def _compute(self) -> None:
-        x, y = self.batches.get("val")
-        vectors: dict = {}
-        grads: dict = {}
-        self.metrics = {}
+    def _validation(self, successors):
+        """dF/dW_j (where paths continue through W_j) and the direct dF/dA_j, per learner."""
+        batch = self.batches.get("val")
+        vectors, grads = {}, {}
         for arch in self.arch_stages:
-            w_stage = self.w_stages[arch.learner]
+            w_stage = self.objective.w_stages[arch.learner]
             a_params = arch.trainable_parameters()
-            # Without paths through W_j (first-order) its gradient would be computed for nothing.
-            w_params = w_stage.trainable_parameters() if w_stage in self._successors else []
-            with self._autocast(arch):
-                logits = w_stage.module(x, arch.module())
-                loss = self.labeled_loss(logits, y)
-            found = torch.autograd.grad(loss, w_params + a_params, allow_unused=True)
+            w_params = w_stage.trainable_parameters() if w_stage in successors else []
+            point = nullcontext()
+            if w_params and self.at_one_step_weights:
+                point = weights_set_to(w_params, w_stage.last_step.one_step_weights())
+            with point:
+                loss, self.metrics[arch.learner] = self.objective.learner_loss(arch.learner, batch)
+                found = torch.autograd.grad(loss, w_params + a_params, allow_unused=True)
             found = [
                 torch.zeros_like(p) if g is None else g for g, p in zip(found, w_params + a_params)
             ]
             if w_params:
                 vectors[w_stage] = found[: len(w_params)]
             grads[arch] = found[len(w_params) :]
-            acc = accuracy(logits.detach(), y)
-            self.metrics[arch.learner] = {"val_loss": loss.detach(), "val_acc": acc}
-        for lower in self._order:
+        return vectors, grads
+
+    def _compute(self) -> None:
+        if self._plan is None:
+            self._plan = self._sweep_plan()
+        successors, order = self._plan
+        vectors, grads = self._validation(successors)
+        for lower in order:
             if lower not in vectors:
                 continue
-            union = ProblemUnion(self._successors[lower])
+            union = ProblemUnion(successors[lower])
             solver = jvp_fn_mapping[lower.config.type]
             implicit = solver(vectors[lower], lower, union, False)
             for target, part in union.split(implicit):
                 _add(grads if target.role == "arch" else vectors, target, part)
         self.arch_grads = {arch.learner: grads[arch] for arch in self.arch_stages}
 
-    def _autocast(self, problem):
-        if self.autocast is None:
-            return torch.autocast(device_type="cpu", enabled=False)
-        return torch.autocast(device_type=torch.device(problem.device).type, dtype=self.autocast)
+
+class BettyPaths:
+    """Betty's own backward from the differentiable F: each path of each architecture in turn."""
+
+    def __init__(self, objective, second_order: bool):
+        self.objective = objective
+        self.second_order = second_order
+
+    def loss(self, arch, batch):
+        with _precision(arch, self.second_order):
+            total, metrics = self.objective.total(batch)
+        own = sorted(self.objective.w_stages).index(arch.learner)
+        arch.record(**metrics[own])
+        return total
+
+    def backward(self, arch, loss, params, paths, create_graph, retain_graph):
+        with _precision(arch, self.second_order):
+            arch.betty_backward(loss, params, paths, create_graph, retain_graph)

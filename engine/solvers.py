@@ -1,8 +1,18 @@
-"""Hypergradient solvers of the project's own, registered with Betty by name.
+"""Hypergradient solvers: pure functions over a loss, and the project's solvers registered with
+Betty by name (``betty.hypergradient.jvp_fn_mapping``).
 
-Betty 0.2.1's ``cg`` updates the search direction with the old residual (fixed upstream after
-the release, leopard-ai/betty issue 15), so it is wrong beyond one iteration. ``sgl_cg`` is a
-textbook conjugate-gradient solve of H x = v with the same contract as Betty's solvers.
+A solver called at lower problem ``curr`` with a vector u = dF/dw (w: curr's weights) returns
+u . dw*/dy for the parameters y of ``prev`` (Betty's contract ``(vector, curr, prev, sync)``).
+Implicit solvers use dw*/dy = -H^{-1} d^2L/dw dy; the unrolled ones (``engine/unrolled.py``)
+use one SGD step, dw'/dy = -xi d^2L/dw dy.
+
+Project solvers and why they replace Betty 0.2.1's:
+
+- ``sgl_cg``: Betty's ``cg`` updates the search direction with the old residual (fixed upstream
+  after the release, leopard-ai/betty issue 15), so it is wrong beyond one iteration.
+- ``sgl_darts``: Betty's ``darts`` product (identity inverse Hessian, central differences around
+  the current weights, radius ``darts_alpha / ||u||``) without its host sync (``.item()`` on the
+  radius) and with the same random draws (dropout) on both sides of the difference.
 """
 
 from __future__ import annotations
@@ -11,14 +21,16 @@ import warnings
 
 import torch
 from betty.hypergradient import jvp_fn_mapping
-from betty.hypergradient.darts import darts
+
+from . import unrolled
+from .products import dot, finite_difference_product
 
 CONJUGATE_GRADIENT = "sgl_cg"
+FINITE_DIFFERENCE = "sgl_darts"
 UNROLLED = "sgl_unrolled"
-
-
-def _dot(xs, ys) -> torch.Tensor:
-    return sum((x * y).sum() for x, y in zip(xs, ys))
+UNROLLED_EXACT = "sgl_unrolled_exact"
+UNROLLED_POST_STEP = "sgl_unrolled_post_step"
+UNROLLED_POST_STEP_EXACT = "sgl_unrolled_post_step_exact"
 
 
 def solve_cg(hvp, vector, iterations: int, scale: float = 1.0, tol: float = 1e-12):
@@ -31,16 +43,16 @@ def solve_cg(hvp, vector, iterations: int, scale: float = 1.0, tol: float = 1e-1
     x = [torch.zeros_like(v) for v in vector]
     r = [v.clone() for v in vector]
     p = [v.clone() for v in vector]
-    rr = _dot(r, r)
+    rr = dot(r, r)
     threshold = (tol**2) * rr
     for _ in range(iterations):
         if rr <= threshold or rr == 0:
             break
         hp = [scale * h for h in hvp(p)]
-        step = rr / _dot(p, hp)
+        step = rr / dot(p, hp)
         x = [xi + step * pi for xi, pi in zip(x, p)]
         r = [ri - step * hi for ri, hi in zip(r, hp)]
-        rr_next = _dot(r, r)
+        rr_next = dot(r, r)
         p = [ri + (rr_next / rr) * pi for ri, pi in zip(r, p)]
         rr = rr_next
     return [scale * xi for xi in x]
@@ -67,19 +79,36 @@ def conjugate_gradient(vector, curr, prev, sync):
     return [-g if g is not None else torch.zeros_like(p) for g, p in zip(implicit, prev_params)]
 
 
-def unrolled_finite_difference(vector, curr, prev, sync):
-    """The paper's Eq. 8-9: -xi (d^2 L_curr / d prev d curr) vector, the mixed second
-    derivative by central finite differences (Betty's ``darts`` product) and xi the step size
-    ``curr`` just took (kept in ``config.neumann_alpha`` by the engine)."""
-    product = darts(vector, curr, prev, False)
-    step = curr.config.neumann_alpha
-    implicit = [step * g for g in product]
-    if sync:
-        prev.set_grads(prev.trainable_parameters(), implicit)
-        return None
-    return implicit
+def identity_finite_difference(vector, curr, prev, sync):
+    """Betty jvp function, Betty's ``darts``: -(d^2 L_curr / d prev d curr) vector around the
+    current (post-step) weights, by central differences."""
+    product = finite_difference_product(
+        lambda: curr.training_step_exec(curr.cur_batch),
+        curr.trainable_parameters(),
+        prev.trainable_parameters(),
+        [v.detach() for v in vector],
+        curr.config.darts_alpha,
+    )
+    return unrolled.send_implicit(prev, [-p for p in product], sync)
+
+
+def solver_name(hypergrad) -> str:
+    """The Betty solver (``jvp_fn_mapping`` key) a V or W problem uses for ``hypergrad.type``."""
+    exact = hypergrad.unrolled_exact
+    return {
+        "first_order": FINITE_DIFFERENCE,  # never called: first order has no paths
+        "darts": FINITE_DIFFERENCE,
+        "unrolled": UNROLLED_EXACT if exact else UNROLLED,
+        "unrolled_post_step": UNROLLED_POST_STEP_EXACT if exact else UNROLLED_POST_STEP,
+        "neumann": "neumann",
+        "cg": CONJUGATE_GRADIENT,
+    }[hypergrad.type]
 
 
 def register_solvers() -> None:
     jvp_fn_mapping[CONJUGATE_GRADIENT] = conjugate_gradient
-    jvp_fn_mapping[UNROLLED] = unrolled_finite_difference
+    jvp_fn_mapping[FINITE_DIFFERENCE] = identity_finite_difference
+    jvp_fn_mapping[UNROLLED] = unrolled.unrolled_finite_difference
+    jvp_fn_mapping[UNROLLED_EXACT] = unrolled.unrolled_exact
+    jvp_fn_mapping[UNROLLED_POST_STEP] = unrolled.unrolled_post_step_finite_difference
+    jvp_fn_mapping[UNROLLED_POST_STEP_EXACT] = unrolled.unrolled_post_step_exact

@@ -1,6 +1,6 @@
 """The three stages of a learner as Betty problems: V (Eq. 1), W (Eq. 2), architecture (Eq. 3)."""
 
-from .arch_stage import ArchStage, ValidatedLearner
+from .arch_stage import ArchStage
 from .base import NonFiniteError, SGLStage
 from .v_stage import VStage
 from .w_stage import Peer, WStage
@@ -11,6 +11,5 @@ __all__ = [
     "Peer",
     "SGLStage",
     "VStage",
-    "ValidatedLearner",
     "WStage",
 ]

@@ -54,15 +54,20 @@ class SGLStage(ImplicitProblem):
         # True only while Betty computes this problem's own descent step; solvers that
         # re-evaluate the loss for a hypergradient see False.
         self.descending = False
-        # The unrolled hypergradient (paper Eq. 8-11) scales by the step size just taken.
-        self.neumann_alpha_follows_lr = False
         # > 1 when the engine runs data-parallel: gradients are averaged before each step.
         self.world_size = 1
         self.last_metrics: dict[str, torch.Tensor | float] = {}
+        # Set by the engine where a hypergradient differentiates the step this problem takes:
+        # called before each optimizer step, it returns what the solvers need of that step
+        # (engine/unrolled.py), kept as ``last_step``.
+        self.step_recorder = None
+        self.last_step = None
 
     def training_step_exec(self, batch):
-        # Betty's own precision switch autocasts on CUDA only; this follows the problem's device.
-        if self.sgl.autocast_dtype is None:
+        # Mixed precision is for the descent step only: hypergradient solvers re-evaluate this
+        # loss in float32 (engine/precision.py). Betty's own switch autocasts on CUDA only; this
+        # follows the problem's device.
+        if self.sgl.autocast_dtype is None or not self.descending:
             return self.training_step(batch)
         with torch.autocast(
             device_type=torch.device(self.device).type, dtype=self.sgl.autocast_dtype
@@ -78,8 +83,6 @@ class SGLStage(ImplicitProblem):
         if not torch.isfinite(loss).all():
             self.fail_non_finite("loss", loss_dict["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
-        if self.neumann_alpha_follows_lr:
-            self.config.neumann_alpha = lr
         self.last_metrics.update(loss=loss_dict["loss"], lr=lr)
         return loss, loss_dict
 
@@ -91,6 +94,15 @@ class SGLStage(ImplicitProblem):
                     param.grad = torch.zeros_like(param)
                 torch.distributed.all_reduce(param.grad)
                 param.grad.div_(self.world_size)
+        if self.step_recorder is not None:
+            self.last_step = self.step_recorder(self)
+
+    def clip_grad(self):
+        # Betty clips between grad_callback and the optimizer step; the factor applied is part of
+        # the step taken, which a hypergradient may differentiate.
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.gradient_clipping)
+        if self.last_step is not None:
+            self.last_step.clip_scale = torch.clamp(self.gradient_clipping / (norm + 1e-6), max=1.0)
 
     def fail_non_finite(self, what: str, value) -> None:
         raise NonFiniteError(

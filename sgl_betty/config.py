@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-HYPERGRAD_TYPES = ("first_order", "darts", "unrolled", "neumann", "cg")
+HYPERGRAD_TYPES = ("first_order", "darts", "unrolled", "unrolled_post_step", "neumann", "cg")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,13 +31,25 @@ class HypergradConfig:
 
     ``type``:
       - ``first_order``: no upper-to-lower edges; dL_val/dA only (DARTS-1st, the released code).
-      - ``darts``: Betty's finite-difference solver, identity inverse Hessian (``darts_alpha``).
-      - ``unrolled``: the paper's Eq. 8-11: second-order terms scaled by each lower problem's
-        current learning rate, the mixed second derivatives by finite differences as in Eq. 9
-        (``unrolled_exact=True``: exactly, by double backward; slower).
-      - ``neumann``: Neumann series for the inverse Hessian (``neumann_iterations``, ``neumann_alpha``).
+      - ``darts``: Betty's finite-difference solver: identity inverse Hessian, the mixed second
+        derivative by central differences (radius ``darts_alpha`` / ||v||) around the current,
+        post-step weights.
+      - ``unrolled``: the paper's Eq. 5-11 as DARTS's second order takes it: the validation
+        gradient at the one-step weights W' = W - xi (momentum buffer * momentum + grad + weight
+        decay * W), every mixed second derivative around the pre-step weights, scaled by the step
+        size xi each V and W optimizer stepped with; by central differences with DARTS's radius
+        (``darts_alpha`` / ||xi v||), or exactly by double backward with ``unrolled_exact``.
+        Needs SGD for V and W (``engine/unrolled.py``).
+      - ``unrolled_post_step``: Betty's placement of the same product, around the post-step
+        weights (Betty runs a problem's solver after it stepped); equals ``unrolled`` only at a
+        fixed point. Kept for comparison.
+      - ``neumann``: Neumann series for the inverse Hessian (``neumann_iterations``,
+        ``neumann_alpha``), Betty's solver, at the post-step weights.
       - ``cg``: conjugate gradient (``cg_iterations``, ``cg_alpha``) with the project's own,
-        corrected solver (Betty 0.2.1's is wrong beyond one iteration).
+        corrected solver (Betty 0.2.1's is wrong beyond one iteration), at the post-step weights.
+
+    ``path_by_path``: Betty's own backward, each architecture following each of its paths
+    separately (K^2 validation passes per step instead of K). Slow; the one-sweep engine's oracle.
     """
 
     type: str = "first_order"
@@ -47,6 +59,7 @@ class HypergradConfig:
     cg_iterations: int = 1
     cg_alpha: float = 1.0
     unrolled_exact: bool = False
+    path_by_path: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in HYPERGRAD_TYPES:
@@ -75,8 +88,12 @@ class SGLConfig:
     ``grad_clip_*``: gradient-norm clipping per stage (0 disables it).
     ``arch_warmup_steps``: V and W steps before the first architecture step (PC-DARTS's
     warm-up; also lets V and W converge before a hypergradient is taken).
-    ``autocast_dtype``: run every loss under ``torch.autocast`` with this dtype (torch.bfloat16
-    on a GPU); parameters, gradients and optimizer states stay float32.
+    ``validation_loss``: the architecture objective's loss, per learner on D_val (None: the
+    labelled loss); the objective is their sum (Eq. 3).
+    ``autocast_dtype``: run the descent steps' losses under ``torch.autocast`` with this dtype
+    (torch.bfloat16; float16 is refused: it needs a loss scaler). Parameters, gradients and
+    optimizer states stay float32, and every second-order evaluation runs in float32 with TF32
+    off (``engine/precision.py``).
     ``channels_last``: networks and image batches in channels-last memory format (faster
     convolutions on GPUs with tensor cores).
     """
@@ -88,6 +105,7 @@ class SGLConfig:
     labeled_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     pseudo_target: Callable[[torch.Tensor], torch.Tensor] = softmax_target
     pseudo_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_cross_entropy
+    validation_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     l2_in_loss: float = 0.0
     grad_clip_v: float = 5.0
     grad_clip_w: float = 5.0
@@ -105,6 +123,12 @@ class SGLConfig:
             raise ValueError(f"l2_in_loss must be >= 0 (got {self.l2_in_loss})")
         if self.arch_warmup_steps < 0:
             raise ValueError(f"arch_warmup_steps must be >= 0 (got {self.arch_warmup_steps})")
+        if self.autocast_dtype not in (None, torch.bfloat16):
+            raise ValueError(
+                f"autocast_dtype={self.autocast_dtype} is not supported: use torch.bfloat16 or None "
+                "(float16 needs a gradient scaler, which neither the descent steps nor the "
+                "hypergradient solvers apply)"
+            )
         for name in ("grad_clip_v", "grad_clip_w", "grad_clip_arch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables clipping)")

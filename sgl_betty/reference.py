@@ -119,38 +119,55 @@ class Problem:
             total = total + mse((self.x_val * gates[k]) @ w_k, self.y_val)
         return torch.autograd.grad(total, gates)
 
-    def unrolled_hypergradients(self, v_weights, w_weights, step_v, step_w):
-        """The paper's Eq. 7-11: d/d a_k of sum_j L_val(W'_j, a_j) through one gradient step of
-        V (Eq. 5) and W (Eq. 6) from the given weights, by autograd through those steps."""
-        num = len(self.gates)
-        gates = [g.clone().requires_grad_(True) for g in self.gates]
-
-        def ridge(m):
-            return 0.5 * self.rho * m.pow(2).sum()
-
-        v_next = []
-        for k in range(num):
-            v = v_weights[k].clone().requires_grad_(True)
-            loss = mse((self.x_train * gates[k]) @ v, self.y_train) + ridge(v)
-            (grad,) = torch.autograd.grad(loss, v, create_graph=True)
-            v_next.append(v - step_v * grad)
-        total = 0.0
-        for k in range(num):
-            w = w_weights[k].clone().requires_grad_(True)
-            loss = mse((self.x_train * gates[k]) @ w, self.y_train) + ridge(w)
-            for j in range(num):
-                if j != k:
-                    pseudo = (self.x_unlabeled * gates[j]) @ v_next[j]
-                    loss = loss + self.lam * mse((self.x_unlabeled * gates[k]) @ w, pseudo)
-            (grad,) = torch.autograd.grad(loss, w, create_graph=True)
-            total = total + mse((self.x_val * gates[k]) @ (w - step_w * grad), self.y_val)
-        return torch.autograd.grad(total, gates)
-
     def largest_curvature(self):
         num = len(self.gates)
         eigs = [torch.linalg.eigvalsh(self.w_hessian(g, num)).max() for g in self.gates]
         eigs += [torch.linalg.eigvalsh(self.v_hessian(g)).max() for g in self.gates]
         return max(eigs).item()
+
+
+def reference_learners(problem: Problem, weight_optimizer) -> list[Learner]:
+    """One gated linear learner per gate vector of ``problem``, V and W stepped by
+    ``weight_optimizer``; the architectures do not move (learning rate 0)."""
+    features, outputs = problem.x_train.shape[1], problem.y_train.shape[1]
+    generator = torch.Generator().manual_seed(1)
+    return [
+        Learner(
+            arch=Gates(gate),
+            v_net=GatedLinear(features, outputs, generator),
+            w_net=GatedLinear(features, outputs, generator),
+            v_optimizer=weight_optimizer,
+            w_optimizer=weight_optimizer,
+            arch_optimizer=lambda params: torch.optim.SGD(params, lr=0.0),
+        )
+        for gate in problem.gates
+    ]
+
+
+def reference_engine(problem: Problem, learners, hypergrad: HypergradConfig, steps, **sgl_options):
+    """The SGL engine on ``problem``'s data with its losses; the architectures step (with
+    learning rate 0) from step ``arch_warmup_steps + 1`` on."""
+    from sgl_betty.engine import build_sgl_engine
+
+    options = dict(grad_clip_v=0.0, grad_clip_w=0.0) | sgl_options
+    config = SGLConfig(
+        lam=problem.lam,
+        hypergrad=hypergrad,
+        labeled_loss=mse,
+        pseudo_target=identity,
+        pseudo_loss=mse,
+        l2_in_loss=problem.rho,
+        **options,
+    )
+    return build_sgl_engine(
+        learners,
+        train=[(problem.x_train, problem.y_train)],
+        val=[(problem.x_val, problem.y_val)],
+        unlabeled=[problem.x_unlabeled],
+        config=config,
+        train_iters=steps,
+        device="cpu",
+    )
 
 
 def converged_engine(problem: Problem, hypergrad: HypergradConfig, steps: int = 300, **sgl_options):
@@ -160,47 +177,14 @@ def converged_engine(problem: Problem, hypergrad: HypergradConfig, steps: int = 
     ``engine.last_hypergrad`` holds the hypergradient at the converged V*, W*. Further
     ``engine.step()`` calls recompute it at the same point.
     """
-    from sgl_betty.engine import build_sgl_engine
-
-    num = len(problem.gates)
-    features, outputs = problem.x_train.shape[1], problem.y_train.shape[1]
-    generator = torch.Generator().manual_seed(1)
     step_size = 1.0 / problem.largest_curvature()
 
     def sgd(params):
         return torch.optim.SGD(params, lr=step_size)
 
-    learners = [
-        Learner(
-            arch=Gates(problem.gates[k]),
-            v_net=GatedLinear(features, outputs, generator),
-            w_net=GatedLinear(features, outputs, generator),
-            v_optimizer=sgd,
-            w_optimizer=sgd,
-            arch_optimizer=lambda params: torch.optim.SGD(params, lr=0.0),
-        )
-        for k in range(num)
-    ]
-    config = SGLConfig(
-        lam=problem.lam,
-        hypergrad=hypergrad,
-        labeled_loss=mse,
-        pseudo_target=identity,
-        pseudo_loss=mse,
-        l2_in_loss=problem.rho,
-        grad_clip_v=0.0,
-        grad_clip_w=0.0,
-        arch_warmup_steps=steps - 1,
-        **sgl_options,
-    )
-    engine = build_sgl_engine(
-        learners,
-        train=[(problem.x_train, problem.y_train)],
-        val=[(problem.x_val, problem.y_val)],
-        unlabeled=[problem.x_unlabeled],
-        config=config,
-        train_iters=steps,
-        device="cpu",
+    learners = reference_learners(problem, sgd)
+    engine = reference_engine(
+        problem, learners, hypergrad, steps, arch_warmup_steps=steps - 1, **sgl_options
     )
     engine.run()
     return engine

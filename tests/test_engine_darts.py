@@ -1,5 +1,6 @@
 """The SGL engine on the DARTS search network: every solver runs and moves every architecture."""
 
+import dataclasses
 import math
 
 import pytest
@@ -130,7 +131,7 @@ def test_first_order_has_no_paths():
     assert all(not p.paths for p in engine.problems)
 
 
-@pytest.mark.parametrize("kind", ["neumann", "cg", "unrolled", "darts"])
+@pytest.mark.parametrize("kind", ["neumann", "cg", "unrolled", "unrolled_post_step", "darts"])
 def test_one_sweep_gives_betty_path_by_path_numbers(kind):
     # The engine computes all architectures' gradients in one sweep; Betty's own backward takes
     # each path of each architecture separately. Same state, same batch: same hypergradients.
@@ -150,12 +151,14 @@ def test_one_sweep_gives_betty_path_by_path_numbers(kind):
     results = []
     for path_by_path in (False, True):
         learners = copy.deepcopy(base)
-        engine = build_sgl_engine(
-            learners, data, data, unlabeled, SGLConfig(hypergrad=hypergrad), device="cpu"
+        # No clipping: Betty's backward takes unrolled's validation gradient at the real
+        # post-step weights, which equal the one-step weights W' only for an unclipped step.
+        config = SGLConfig(
+            hypergrad=dataclasses.replace(hypergrad, path_by_path=path_by_path),
+            grad_clip_v=0.0,
+            grad_clip_w=0.0,
         )
-        if path_by_path:
-            for k in range(2):
-                engine.problem("arch", k).hypergradient = None
+        engine = build_sgl_engine(learners, data, data, unlabeled, config, device="cpu")
         engine.step()
         results.append(torch.cat([g.flatten() for k in range(2) for g in engine.last_hypergrad[k]]))
     sweep, betty = results

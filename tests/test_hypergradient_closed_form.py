@@ -4,7 +4,22 @@ import pytest
 import torch
 
 from sgl_betty import HypergradConfig
-from sgl_betty.reference import Problem, converged_engine, exact_solver, mse
+from sgl_betty.reference import (
+    Problem,
+    converged_engine,
+    exact_solver,
+    identity,
+    mse,
+    reference_engine,
+    reference_learners,
+)
+from sgl_betty.unrolled_reference import (
+    Batches,
+    StepSettings,
+    learner_states,
+    one_step_hypergradients,
+    post_step_hypergradients,
+)
 
 
 def relative_error(got, expected):
@@ -87,14 +102,46 @@ def test_betty_released_cg_is_wrong_beyond_one_iteration():
 
 
 @pytest.mark.parametrize("exact", [False, True])
-def test_unrolled_is_the_papers_one_step_unrolled_gradient(exact):
-    # Eq. 7-11 by autograd through one step of V and W, at the engine's (converged) weights.
+@pytest.mark.parametrize("kind", ["unrolled", "unrolled_post_step"])
+def test_unrolled_types_are_their_formulas_away_from_convergence(kind, exact):
+    # Three momentum-SGD steps from a random start: far from V*, W*, so the pre-step and
+    # post-step placements differ. The losses are quadratic, so central differences are exact
+    # and both the finite-difference and the double-backward products must match the formulas.
     problem = Problem.random(2, seed=13)
-    engine = converged_engine(problem, HypergradConfig(type="unrolled", unrolled_exact=exact))
-    step = 1.0 / problem.largest_curvature()
-    v_weights = [engine.problem("v", k).module.weight.detach() for k in range(2)]
-    w_weights = [engine.problem("w", k).module.weight.detach() for k in range(2)]
-    expected = problem.unrolled_hypergradients(v_weights, w_weights, step, step)
+    step = 0.5 / problem.largest_curvature()
+    settings = StepSettings(
+        lr_v=step,
+        lr_w=step,
+        momentum=0.9,
+        weight_decay=1e-3,
+        clip_v=0.5,
+        lam=problem.lam,
+        l2_in_loss=problem.rho,
+        labeled_loss=mse,
+        pseudo_target=identity,
+        pseudo_loss=mse,
+    )
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=step, momentum=0.9, weight_decay=1e-3)
+
+    learners = reference_learners(problem, sgd)
+    hypergrad = HypergradConfig(type=kind, unrolled_exact=exact)
+    engine = reference_engine(problem, learners, hypergrad, steps=10, grad_clip_v=0.5)
+    for _ in range(3):
+        engine.step()
+    data = Batches(
+        train=(problem.x_train, problem.y_train),
+        val=(problem.x_val, problem.y_val),
+        unlabeled=problem.x_unlabeled,
+    )
+    if kind == "unrolled":  # from the weights before the step
+        expected = one_step_hypergradients(learner_states(engine, learners), data, settings)
+        engine.step()
+    else:  # around the weights after it
+        engine.step()
+        expected = post_step_hypergradients(learner_states(engine, learners), data, settings)
+    assert float(engine.problem("v", 0).last_step.clip_scale) < 1.0  # V's clip engaged
     for k in range(2):
         (got,) = engine.last_hypergrad[k]
-        assert relative_error(got, expected[k]) < 1e-6
+        assert relative_error(got, expected[k][0]) < 1e-8

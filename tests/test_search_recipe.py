@@ -118,6 +118,10 @@ def test_overrides_change_what_runs(tmp_path):
         and config["hypergrad"]["darts_alpha"] == 0.02
     )
     assert summary["learners"] == 3 and summary["hypergrad"] == "darts"
+    assert summary["precision_policy"] == {
+        "descent": "parameter dtype",
+        "hypergradient": "parameter dtype, TF32 off, autocast off",
+    }
 
 
 def test_single_learner_is_the_plain_method(tmp_path):

@@ -157,6 +157,8 @@ def test_wandb_run_config_is_the_resolved_run_config(wandb_run):
     assert config["hypergrad"]["type"] == "first_order"
     assert config["learners"] == 2 and config["lam"] == pytest.approx(0.1) and config["seed"] == 5
     assert config["search"]["method"] == "darts"
+    # The first-order search runs its architecture gradient in the descent's precision.
+    assert config.pop("precision_policy")["hypergradient"].startswith("as the descent")
     saved = OmegaConf.to_container(OmegaConf.load(wandb_run["dir"] / "config.yaml"))
     assert config == json.loads(json.dumps(saved))
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sgl_betty.data import build_search_data
 from sgl_betty.engine import build_sgl_engine
+from sgl_betty.engine.precision import describe_policy
 from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
 from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.tracking import RunFolder, build_tracker
@@ -112,6 +113,11 @@ def softmaxed_weights(arch: torch.nn.Module) -> dict[str, list]:
     }
 
 
+def precision_policy(cfg: DictConfig) -> dict:
+    """The precisions the search runs its descent steps and its hypergradients in."""
+    return describe_policy(sgl_config(cfg).autocast_dtype, cfg.hypergrad.type != "first_order")
+
+
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -176,7 +182,10 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     else:
         folder.write_text("config.yaml", to_yaml(cfg))
     tracker = build_tracker(cfg, folder)
-    tracker.start(OmegaConf.to_container(cfg, resolve=True), kind="search")
+    policy = precision_policy(cfg)
+    tracker.start(
+        {**OmegaConf.to_container(cfg, resolve=True), "precision_policy": policy}, kind="search"
+    )
     quiet = not cfg.run.progress or not context.is_main
     if not quiet:
         tqdm.write(f"run folder: {folder.path}\n" + data.describe())
@@ -239,6 +248,7 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
         "seconds_per_step": wall_seconds / max(total_steps, 1),
         "device": str(device),
         "machine": machine_description(device),
+        "precision_policy": policy,
         "processes": context.world_size,
         "arch_checksums": checksums,
         "gpu_hours" if device.type == "cuda" else "cpu_hours": wall_seconds
