@@ -264,7 +264,8 @@ class EvalTrainer:
                 ]
             )
             examples += labels.numel()
-        counts = torch.tensor([float(examples)], dtype=torch.float64).to(device)
+        # Filled on the device: a copy from the host would wait for the device.
+        counts = torch.full((1,), float(examples), dtype=torch.float64, device=device)
         loss_sum, correct1, correctk, total = self.context.all_reduce_sum(torch.cat([sums, counts]))
         total = max(total, 1.0)
         return TestResult(
