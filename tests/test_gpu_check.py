@@ -60,7 +60,7 @@ def test_search_rows_time_every_hypergradient_type_and_a_bf16_row(check):
     rows = check["search"]
     assert [(r["K"], r["hypergrad"], r["precision"]) for r in rows] == [
         (k, t, "fp32") for k in (1, 2) for t in HYPERGRAD_TYPES
-    ] + [(2, "unrolled", "bf16")]
+    ] + [(2, load_script().BF16_HYPERGRAD, "bf16")]
     for row in rows:
         assert row["error"] is None
         assert len(row["step_seconds"]) == timed and min(row["step_seconds"]) > 0
