@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sgl-betty-installed
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo gpu-check lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) benchmarks/cifar100.py preset=smoke
+
+# The full-size search and evaluation on one CUDA GPU (a few minutes; without a GPU, the small
+# version): one JSON line on stdout and gpu_check.json.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sgl_betty problems engine benchmarks tests

@@ -2,6 +2,12 @@
 
 V_k, W_k and the pseudo-labellers all see the same D_tr / D_u batch within a step, so each
 split is loaded (and moved to the device) once per step, not once per problem.
+
+A step loads its batches when it starts, before its first problem runs: every split the step
+before used (the architecture's D_val only once the architecture trains). The host loads
+between two steps, where the GPU can still be running the last step's queued kernels, and the
+copies from pinned memory go ahead asynchronously, instead of the host stopping to load in the
+middle of the step. A checkpoint between two steps holds no batch loaded ahead.
 """
 
 from __future__ import annotations
@@ -50,14 +56,21 @@ class SharedBatches:
         self._iterators = {}
         self._epoch_start_generator = {}
         self._current = {}
+        # The splits this step loaded: the next step loads them as it starts.
+        self._used: list[str] = []
         self._memo = {}
         self.step = 0
 
     def advance(self) -> None:
-        """Start a new engine step: the next ``get`` of each split loads a fresh batch."""
+        """Start a new engine step: load its batch of every split the last step used; the
+        first ``get`` of any other split loads a fresh one."""
+        ahead = [split for split in self.sources if split in self._used]
         self._current.clear()
+        self._used = []
         self._memo.clear()
         self.step += 1
+        for split in ahead:
+            self.get(split)
 
     def memo(self, key, compute):
         """A value derived from this step's batches, computed once per step (pseudo-labels)."""
@@ -70,6 +83,7 @@ class SharedBatches:
             self._current[split] = _to_device(
                 self._normalise(split, self._next(split)), self.device, self.channels_last
             )
+            self._used.append(split)
         return self._current[split]
 
     def _start_epoch(self, split: str) -> None:
@@ -108,9 +122,12 @@ class SharedBatches:
         return batch
 
     def state_dict(self) -> dict:
-        """The data position: per split the epoch, the batches taken in it and its shuffle seed."""
+        """The data position: per split the epoch, the batches taken in it and its shuffle seed;
+        the splits the next step loads as it starts (a resumed run loads them at the same
+        moment, so augmentations draw the same random numbers)."""
         return {
             "step": self.step,
+            "ahead": list(self._used),
             "splits": {
                 split: {
                     "epochs": self.epochs[split],
@@ -126,6 +143,9 @@ class SharedBatches:
         """Return to a saved data position by replaying the epoch's order up to it."""
         self.step = state["step"]
         self._current.clear()
+        self._memo.clear()
+        # Checkpoints from before loading ahead: the next step loads lazily, as it then did.
+        self._used = list(state.get("ahead", []))
         self._iterators.clear()
         for split, saved in state["splits"].items():
             if split not in self.sources or not saved["started"]:

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from betty.engine import Engine
 from betty.logging.logger_base import get_logger
 
+from sgl_betty.runtime import process_device
+
 from .batches import SharedBatches
 
 
@@ -53,9 +55,7 @@ class SGLEngine(Engine):
             self._world_size = dist.get_world_size()
             self._rank = dist.get_rank()
             self._local_rank = int(os.environ.get("LOCAL_RANK", self._rank))
-            if self.requested_device.type == "cuda":
-                torch.cuda.set_device(self._local_rank)
-                self.device = torch.device("cuda", self._local_rank)
+            self.device = process_device(self.requested_device)
             dist_dict.update(
                 world_size=self._world_size, rank=self._rank, local_rank=self._local_rank
             )

@@ -44,6 +44,7 @@ def test_two_processes_end_with_identical_weights_and_one_run_folder(tmp_path):
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2
+    assert summary["global_batch_size"] == 8 and summary["per_rank_batch_size"] == 4
     checksums = summary["weight_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     network, _ = load_trained_network(run / "model.pt")

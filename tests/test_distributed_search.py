@@ -1,4 +1,5 @@
-"""A search under torchrun with 2 CPU processes (gloo): every rank ends with the same architectures."""
+"""A search under torchrun with 2 CPU processes (gloo): every rank ends with the same architectures,
+and the configured batch is the batch of both together."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from ports import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_keep_identical_architectures_and_write_once(tmp_path):
+def test_two_processes_share_the_batch_keep_identical_architectures_and_write_once(tmp_path):
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -27,7 +28,8 @@ def test_two_processes_keep_identical_architectures_and_write_once(tmp_path):
         str(ROOT / "benchmarks" / "cifar100.py"),
         "preset=tiny",
         "hypergrad.type=unrolled",
-        "search.epochs=2",
+        # Full passes over D_tr's 32 images: 4 steps of 8 images, 4 per process.
+        "search.steps_per_epoch=null",
         "device=cpu",
         f"run.dir={run_dir}",
     ]
@@ -37,9 +39,12 @@ def test_two_processes_keep_identical_architectures_and_write_once(tmp_path):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["processes"] == 2
+    assert summary["global_batch_size"] == 8 and summary["per_rank_batch_size"] == 4
+    # The steps of one process with the same batch: each process took half of every batch.
+    assert summary["steps"] == 32 // 8
     rank0, rank1 = summary["arch_checksums"]
     assert rank0 == rank1  # the architectures did not drift apart
     assert len(set(rank0)) == 2  # two learners, two different architectures
-    assert len((run_dir / "genotypes.jsonl").read_text().splitlines()) == 2  # written once
+    assert len((run_dir / "genotypes.jsonl").read_text().splitlines()) == 1  # written once
     architectures = torch.load(run_dir / "architecture.pt")
     assert set(architectures) == {0, 1}

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sgl_betty.runtime import process_device
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -32,11 +34,13 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        if not self.enabled:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self._collective_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    def all_reduce_sum(self, values: list[float] | torch.Tensor) -> list[float]:
+        """The sums over every rank of ``values`` (floats, or a 1-d tensor on any device: then
+        the only host sync is the final read)."""
+        tensor = torch.as_tensor(values, dtype=torch.float64)
+        if self.enabled:
+            tensor = tensor.to(self._collective_device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
     def gather(self, value) -> list:
@@ -76,18 +80,16 @@ def launched_distributed() -> bool:
 def init_distributed(device: torch.device) -> DistributedContext:
     """The context of this process; joins the process group on first use under torchrun.
 
-    ``device`` is the device type the run asked for; under torchrun a CUDA run takes the GPU
-    of its local rank.
+    ``device`` is the device type the run asked for; under torchrun a CUDA run takes this
+    process's GPU (``sgl_betty.runtime.cuda_device_index``).
     """
     if not launched_distributed():
         return DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        # all_gather_object and nccl collectives use the current device.
-        torch.cuda.set_device(device)
+    # all_gather_object and nccl collectives use the current device, which this sets.
+    device = process_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(rank, world_size, local_rank, device)

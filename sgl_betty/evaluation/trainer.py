@@ -24,6 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .distributed import DistributedContext
 
 LR_SCHEDULES = ("cosine", "step")
+# Autocast dtype of the forward passes per precision; weights, gradients and momentum stay float32.
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,16 @@ class TrainingSettings:
     label_smoothing: float = 0.0
     # None: every batch of the loader; a number caps an epoch (quick runs).
     steps_per_epoch: int | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule={self.lr_schedule!r} is unknown; choose one of: {', '.join(LR_SCHEDULES)}"
+            )
+        if self.precision not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"precision={self.precision!r} is unknown; choose one of: {', '.join(AUTOCAST_DTYPES)}"
             )
 
     def learning_rate(self, epoch: int) -> float:
@@ -137,6 +144,11 @@ class EvalTrainer:
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
+    def autocast(self) -> torch.autocast:
+        """The forward passes' precision (a no-op for fp32)."""
+        dtype = AUTOCAST_DTYPES[self.settings.precision]
+        return torch.autocast(self.context.device.type, dtype=dtype, enabled=dtype is not None)
+
     def set_epoch(self, epoch: int) -> float:
         """Learning rate and drop path of ``epoch``; returns the learning rate."""
         lr = self.settings.learning_rate(epoch)
@@ -164,10 +176,11 @@ class EvalTrainer:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        logits, logits_aux = self.model(images)
-        loss = self.criterion(logits, labels)
-        if logits_aux is not None:
-            loss = loss + self.settings.auxiliary_weight * self.criterion(logits_aux, labels)
+        with self.autocast():
+            logits, logits_aux = self.model(images)
+            loss = self.criterion(logits, labels)
+            if logits_aux is not None:
+                loss = loss + self.settings.auxiliary_weight * self.criterion(logits_aux, labels)
         loss.backward()
         if self.settings.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
@@ -227,24 +240,33 @@ class EvalTrainer:
     @torch.no_grad()
     def test(self, loader) -> TestResult:
         """Accuracy of the network in eval mode on this rank's part of the test set, summed
-        over ranks; the loss is plain cross-entropy, as the reference reports it."""
+        over ranks; the loss is plain cross-entropy, as the reference reports it.
+
+        The sums stay on the device until the pass is over: one host sync per test pass."""
         self.context.broadcast_buffers(self.network)
         self.network.eval()
         device = self.context.device
-        loss_sum = correct1 = correctk = 0.0
+        # loss, top-1 correct, top-5 correct
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
         examples = 0
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            logits, _ = self.network(images)
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            correct1 += (logits.argmax(1) == labels).sum().item()
+            with self.autocast():
+                logits, _ = self.network(images)
+            logits = logits.float()
             top = logits.topk(min(5, logits.size(1)), dim=1).indices
-            correctk += (top == labels.unsqueeze(1)).any(dim=1).sum().item()
+            sums += torch.stack(
+                [
+                    nn.functional.cross_entropy(logits, labels, reduction="sum"),
+                    (logits.argmax(1) == labels).sum(),
+                    (top == labels.unsqueeze(1)).any(dim=1).sum(),
+                ]
+            )
             examples += labels.numel()
-        loss_sum, correct1, correctk, total = self.context.all_reduce_sum(
-            [loss_sum, correct1, correctk, float(examples)]
-        )
+        # Filled on the device: a copy from the host would wait for the device.
+        counts = torch.full((1,), float(examples), dtype=torch.float64, device=device)
+        loss_sum, correct1, correctk, total = self.context.all_reduce_sum(torch.cat([sums, counts]))
         total = max(total, 1.0)
         return TestResult(
             top1=correct1 / total, top5=correctk / total, loss=loss_sum / total, examples=int(total)

@@ -25,6 +25,7 @@ UNLABELED = ("cifar10", "cifar100", "train", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("online", "offline", "disabled")
 EVAL_LEARNERS = ("best", "all")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,9 @@ class SearchSchema:
     # fp32, or bf16 autocast (GPU); channels-last memory format for networks and batches.
     precision: str = "fp32"
     channels_last: bool = False
+    # Bitwise-reproducible kernels (torch.use_deterministic_algorithms, cuDNN without benchmark,
+    # cuBLAS workspace): identical results after a resume on a GPU too, at some speed.
+    deterministic: bool = False
     # PC-DARTS: an edge's ops see 1/pc_partial_channels of its channels (the reference's K = 4).
     pc_partial_channels: int = 4
     # DARTS-: how the auxiliary skip's weight beta falls from 1 to 0 (linear or cosine).
@@ -167,6 +171,10 @@ class EvalSchema:
     lr_gamma: float = 0.97
     lr_decay_period: int = 1
     label_smoothing: float = 0.0
+    # fp32, or bf16 autocast for the forward passes (GPU); weights and optimizer stay float32.
+    precision: str = "fp32"
+    # As search.deterministic, for the evaluation.
+    deterministic: bool = False
     imagenet: ImageNetSchema = field(default_factory=ImageNetSchema)
 
 
@@ -239,7 +247,8 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("data.dataset", cfg.data.dataset, DATASETS)
     _check_choice("data.unlabeled", cfg.data.unlabeled, UNLABELED)
     _check_choice("device", cfg.device, DEVICES)
-    _check_choice("search.precision", cfg.search.precision, ("fp32", "bf16"))
+    _check_choice("search.precision", cfg.search.precision, PRECISIONS)
+    _check_choice("eval.precision", cfg.eval.precision, PRECISIONS)
     _check_choice("tracking.mode", cfg.tracking.mode, WANDB_MODES)
     _check_choice("eval.learners", cfg.eval.learners, EVAL_LEARNERS)
     if cfg.data.unlabeled == cfg.data.dataset and cfg.data.dataset != "synthetic":
@@ -296,6 +305,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)"
         )
+
+
+def batch_per_process(key: str, batch_size: int, world_size: int) -> int:
+    """Each process's share of ``batch_size``, the batch over all ``world_size`` processes (so
+    that N processes take the steps, and need the learning rate, of one process)."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"{key}={batch_size} is the batch over all {world_size} processes and must divide "
+            f"evenly among them; use a multiple of {world_size}"
+        )
+    return batch_size // world_size
 
 
 def preset_path(name: str, recipe: str | None = None, config_dir: Path = CONFIG_DIR) -> Path:

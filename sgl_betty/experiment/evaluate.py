@@ -52,9 +52,10 @@ from sgl_betty.evaluation.trainer import (
 from sgl_betty.genotypes import Genotype, genotype_from_dict, genotype_to_dict
 from sgl_betty.params import count_parameters_m
 from sgl_betty.problems import NonFiniteError
+from sgl_betty.runtime import configure_backends
 from sgl_betty.tracking import RunFolder, Tracker, build_tracker
 
-from .config import ConfigError, to_yaml
+from .config import ConfigError, batch_per_process, to_yaml
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
 from .interruption import (
     CHECKPOINT,
@@ -118,11 +119,7 @@ def check_eval_config(cfg: DictConfig, world_size: int = 1) -> None:
         raise ConfigError(
             f"eval.layers={e.layers} must be >= 3 (the network has two reduction cells)"
         )
-    if e.batch_size % world_size:
-        raise ConfigError(
-            f"eval.batch_size={e.batch_size} is the batch over all {world_size} processes and must "
-            f"divide evenly among them; use a multiple of {world_size}"
-        )
+    batch_per_process("eval.batch_size", e.batch_size, world_size)
     if cfg.seeds is not None:
         if not cfg.seeds:
             raise ConfigError(
@@ -177,6 +174,7 @@ def training_settings(cfg: DictConfig) -> TrainingSettings:
         grad_clip=e.grad_clip,
         label_smoothing=e.label_smoothing,
         steps_per_epoch=e.steps_per_epoch,
+        precision=e.precision,
     )
 
 
@@ -446,8 +444,7 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
     else:
         choice = resolve_eval_genotype(cfg.eval.genotype)
     device = context.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_backends(device, cfg.eval.deterministic)
 
     seed_everything(cfg.seed)
     datasets = build_eval_datasets(cfg, cfg.eval.batch_size // context.world_size)
@@ -722,6 +719,8 @@ def evaluation_summary(
         "train_acc": train_result.accuracy,
         "wall_seconds": wall_seconds,
         "world_size": context.world_size,
+        "global_batch_size": cfg.eval.batch_size,
+        "per_rank_batch_size": cfg.eval.batch_size // context.world_size,
         "device": device.type,
         "machine": machine_description(device),
         "gpu_hours" if device.type == "cuda" else "cpu_hours": hours,

@@ -27,9 +27,10 @@ from sgl_betty.engine import build_sgl_engine
 from sgl_betty.engine.precision import describe_policy
 from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
 from sgl_betty.genotypes import genotype_to_dict
+from sgl_betty.runtime import configure_backends
 from sgl_betty.tracking import RunFolder, build_tracker
 
-from .config import ConfigError, sgl_config, to_yaml
+from .config import ConfigError, batch_per_process, sgl_config, to_yaml
 from .interruption import (
     CHECKPOINT,
     RunInterrupted,
@@ -60,7 +61,9 @@ def default_run_dir(cfg: DictConfig) -> Path:
     return Path("runs") / f"{stamp}-{cfg.search.method}-{cfg.hypergrad.type}-k{cfg.learners}"
 
 
-def build_data(cfg: DictConfig):
+def build_data(cfg: DictConfig, batch_size: int, device: torch.device):
+    """The search loaders with ``batch_size`` images per batch (one process's share), pinned
+    for a CUDA run so that the engine's non-blocking copies to the GPU are asynchronous."""
     data = cfg.data
     synthetic = dict(OmegaConf.to_container(data.synthetic))
     if data.image_size is not None:
@@ -70,13 +73,14 @@ def build_data(cfg: DictConfig):
         data.unlabeled,
         root=data.root,
         download=data.download,
-        batch_size=cfg.search.batch_size,
+        batch_size=batch_size,
         train_portion=data.train_portion,
         num_workers=data.num_workers,
         seed=cfg.seed,
         image_size=data.image_size,
         synthetic=synthetic,
         limit=data.limit,
+        pin_memory=device.type == "cuda",
     )
 
 
@@ -132,7 +136,8 @@ class SearchInterrupted(RunInterrupted):
 
 
 def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> DataLoader:
-    """The same data, each process taking its own part of every epoch's shuffle."""
+    """The same data and loading settings, each process taking its own part of every epoch's
+    shuffle."""
     sampler = DistributedSampler(
         loader.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
@@ -143,6 +148,8 @@ def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> D
         num_workers=loader.num_workers,
         drop_last=True,
         pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
+        prefetch_factor=loader.prefetch_factor,
     )
 
 
@@ -157,8 +164,10 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     device = resolve_device(cfg.device)
     context = init_distributed(device)
     device = context.device
+    configure_backends(device, cfg.search.deterministic)
+    batch_size = batch_per_process("search.batch_size", cfg.search.batch_size, context.world_size)
     seed_everything(cfg.seed)
-    data = build_data(cfg)
+    data = build_data(cfg, batch_size, device)
     train, val, unlabeled = data.train, data.val, data.unlabeled
     if context.enabled:
         train, val, unlabeled = (
@@ -188,7 +197,13 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     )
     quiet = not cfg.run.progress or not context.is_main
     if not quiet:
-        tqdm.write(f"run folder: {folder.path}\n" + data.describe())
+        shared = (
+            f"\n  {context.world_size} processes: global batch {cfg.search.batch_size}, "
+            f"{batch_size} images per process"
+            if context.enabled
+            else ""
+        )
+        tqdm.write(f"run folder: {folder.path}\n" + data.describe() + shared)
 
     run = SearchRun(
         cfg=cfg,
@@ -250,6 +265,8 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
         "machine": machine_description(device),
         "precision_policy": policy,
         "processes": context.world_size,
+        "global_batch_size": cfg.search.batch_size,
+        "per_rank_batch_size": batch_size,
         "arch_checksums": checksums,
         "gpu_hours" if device.type == "cuda" else "cpu_hours": wall_seconds
         * context.world_size
