@@ -15,6 +15,7 @@ The hypergradient of arch_k then follows the paths arch_k <- w_k (Eq. 8), arch_k
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -51,10 +52,17 @@ def hypergradient_strategy(config: SGLConfig, w_stages, batches):
     """How the architectures' gradient of Eq. 3's objective is computed (engine/hypergradient.py)."""
     kind = config.hypergrad.type
     objective = ValidationObjective(w_stages, config.validation_loss or config.labeled_loss)
-    second_order = kind != "first_order"
+    policy = kind != "first_order"  # the precision policy protects second-order terms
+    if policy and not config.hypergrad.full_precision:
+        warnings.warn(
+            "HypergradConfig(full_precision=False): second-order terms are evaluated in the "
+            "descent's precision (bf16 autocast, TF32) and can be noise; see BENCHMARKS.md",
+            stacklevel=3,
+        )
+        policy = False
     if config.hypergrad.path_by_path:
-        return BettyPaths(objective, second_order)
-    return OneSweep(objective, batches, second_order, at_one_step_weights=kind == "unrolled")
+        return BettyPaths(objective, policy)
+    return OneSweep(objective, batches, policy, at_one_step_weights=kind == "unrolled")
 
 
 def record_unrolled_steps(config: SGLConfig, v_stages, w_stages) -> None:
@@ -206,5 +214,7 @@ def build_sgl_engine(
             stage.optimizer = make_optimizer(stage.trainable_parameters())
             stage.scheduler = make_scheduler(stage.optimizer) if make_scheduler else None
     record_unrolled_steps(config, v_stages, w_stages)
-    engine.precision_policy = describe_policy(config.autocast_dtype, hypergrad != "first_order")
+    engine.precision_policy = describe_policy(
+        config.autocast_dtype, hypergrad != "first_order", config.hypergrad.full_precision
+    )
     return engine

@@ -82,17 +82,18 @@ def _add(into: dict, key, tensors) -> None:
         into[key] = tensors
 
 
-def _precision(problem, second_order: bool):
-    return full_precision(torch.device(problem.device).type) if second_order else nullcontext()
+def _precision(problem, enabled: bool):
+    return full_precision(torch.device(problem.device).type) if enabled else nullcontext()
 
 
 class OneSweep:
     """Computes, once per engine step, the gradient of F for every architecture problem."""
 
-    def __init__(self, objective, batches, second_order: bool, at_one_step_weights: bool):
+    def __init__(self, objective, batches, full_precision: bool, at_one_step_weights: bool):
         self.objective = objective
         self.batches = batches
-        self.second_order = second_order
+        # The precision policy: second-order types evaluate in full precision.
+        self.full_precision = full_precision
         # unrolled: the validation gradient at W' = w - xi d (Eq. 6), not at W's weights.
         self.at_one_step_weights = at_one_step_weights
         self.arch_stages: list = []
@@ -114,7 +115,7 @@ class OneSweep:
     # -- the sweep -------------------------------------------------------------------------
     def _ensure_computed(self, arch) -> None:
         if self._step != self.batches.step:
-            with _precision(arch, self.second_order):
+            with _precision(arch, self.full_precision):
                 self._compute()
             self._step = self.batches.step
 
@@ -179,17 +180,17 @@ class OneSweep:
 class BettyPaths:
     """Betty's own backward from the differentiable F: each path of each architecture in turn."""
 
-    def __init__(self, objective, second_order: bool):
+    def __init__(self, objective, full_precision: bool):
         self.objective = objective
-        self.second_order = second_order
+        self.full_precision = full_precision
 
     def loss(self, arch, batch):
-        with _precision(arch, self.second_order):
+        with _precision(arch, self.full_precision):
             total, metrics = self.objective.total(batch)
         own = sorted(self.objective.w_stages).index(arch.learner)
         arch.record(**metrics[own])
         return total
 
     def backward(self, arch, loss, params, paths, create_graph, retain_graph):
-        with _precision(arch, self.second_order):
+        with _precision(arch, self.full_precision):
             arch.betty_backward(loss, params, paths, create_graph, retain_graph)

@@ -66,11 +66,15 @@ def _ieee_float32():
             switch.fp32_precision = value
 
 
-def describe_policy(autocast_dtype: torch.dtype | None, second_order: bool) -> dict:
+def describe_policy(
+    autocast_dtype: torch.dtype | None, second_order: bool, full_precision: bool = True
+) -> dict:
     """The policy in force, as written to summary.json and the W&B config."""
     descent = "bf16 autocast" if autocast_dtype == torch.bfloat16 else "parameter dtype"
     if not second_order:
         hypergradient = "as the descent (first order: no second-order term)"
+    elif not full_precision:
+        hypergradient = "as the descent (policy disabled: full_precision=False)"
     else:
         hypergradient = "parameter dtype, TF32 off, autocast off"
     return {"descent": descent, "hypergradient": hypergradient}

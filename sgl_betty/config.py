@@ -50,6 +50,10 @@ class HypergradConfig:
 
     ``path_by_path``: Betty's own backward, each architecture following each of its paths
     separately (K^2 validation passes per step instead of K). Slow; the one-sweep engine's oracle.
+
+    ``full_precision``: every second-order evaluation in the parameters' dtype with TF32 and
+    autocast off (``engine/precision.py``). False evaluates them in the descent's precision: it
+    exists to measure what the policy buys (``benchmarks/hypergrad_fidelity.py``) and warns.
     """
 
     type: str = "first_order"
@@ -60,6 +64,7 @@ class HypergradConfig:
     cg_alpha: float = 1.0
     unrolled_exact: bool = False
     path_by_path: bool = False
+    full_precision: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in HYPERGRAD_TYPES:
