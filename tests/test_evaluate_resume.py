@@ -249,7 +249,8 @@ def test_several_seeds_resume_the_stopped_seed_and_skip_the_finished(tmp_path, m
 
 def test_resume_errors_name_the_fix(uninterrupted, tmp_path, capsys):
     # A run folder that stopped before its first checkpoint.
-    (tmp_path / "config.yaml").write_text((uninterrupted / "config.yaml").read_text())
+    for name in ("config.yaml", "run.json"):
+        (tmp_path / name).write_text((uninterrupted / name).read_text())
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "checkpoint.pt does not exist" in err and "without --resume" in err

@@ -87,6 +87,7 @@ def test_tiny_search_on_cifar_archives(recipe, dataset, unlabeled, classes, tmp_
         f"data.dataset={dataset}",
         f"data.unlabeled={unlabeled}",
         f"data.root={data_root}",
+        "data.local_checksums=true",
         "data.image_size=8",
         f"run.dir={run_dir}",
     ]

@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sgl_betty.config import HYPERGRAD_TYPES, HypergradConfig, SGLConfig
+from sgl_betty.errors import ConfigError
+from sgl_betty.secret_env import secrets_in
+from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DATASETS = ("cifar100", "cifar10", "synthetic")
@@ -25,10 +29,6 @@ UNLABELED = ("cifar10", "cifar100", "train", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("online", "offline", "disabled")
 EVAL_LEARNERS = ("best", "all")
-
-
-class ConfigError(ValueError):
-    """A configuration the run cannot use; the message names the key and the allowed values."""
 
 
 @dataclass
@@ -109,6 +109,9 @@ class DataSchema:
     num_workers: int = 2
     image_size: int | None = None
     limit: int | None = None
+    # Check CIFAR folders that carry a generated-data manifest (sgl_betty_local_checksums.json)
+    # against it instead of torchvision's md5 values: only for data generated on this machine.
+    local_checksums: bool = False
     synthetic: SyntheticSchema = field(default_factory=SyntheticSchema)
 
 
@@ -224,8 +227,36 @@ def _check_positive(cfg: DictConfig, *keys: str, allow_zero: bool = False) -> No
             raise ConfigError(f"{key}={value} is invalid; it must be {bound}")
 
 
+def _strings(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _strings(value, f"{prefix}{index}.")
+    elif isinstance(node, str):
+        yield prefix[:-1], node
+
+
+def _check_no_secrets(cfg: DictConfig) -> None:
+    """The config goes into config.yaml, W&B and messages: no secret of the environment may."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
+    found = secrets_in(_strings(resolved))
+    if found:
+        key, name = found[0]
+        raise ConfigError(
+            f"{key} holds the value of the environment variable {name}, a secret: it would be "
+            "written to config.yaml, the W&B files and the console. Leave secrets in the "
+            "environment (W&B reads WANDB_API_KEY from there itself) and give this key a plain value"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
+    _check_no_secrets(cfg)
     if cfg.learners < 1:
         raise ConfigError(
             f"learners={cfg.learners} is invalid; SGL needs K >= 1 (K = 1 is the plain method)"
@@ -321,7 +352,7 @@ def _preset_chain(name: str, recipe: str | None, config_dir: Path) -> list[DictC
         if path in seen:
             raise ConfigError(f"preset {path} extends itself through 'base:'")
         seen.add(path)
-        layer = OmegaConf.load(path)
+        layer = read_yaml_config(path, "preset")
         base = layer.pop("base", None)
         chain.append(layer)
         if base is None:
@@ -351,6 +382,8 @@ def load_config(
         cfg.preset = str(preset)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
+    except yaml.YAMLError as error:  # an override's value, parsed as YAML
+        raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
     validate(cfg)
     return cfg
 
@@ -372,12 +405,16 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (is it a run folder?)")
     overrides = list(overrides or [])
+    saved = read_yaml_config(path, "run config")
+    reject_interpolations(saved, path)
     try:
         cfg = OmegaConf.merge(
-            OmegaConf.structured(RunConfig), OmegaConf.load(path), OmegaConf.from_dotlist(overrides)
+            OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides)
         )
     except OmegaConfBaseException as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(f"{path}: {_describe(error)}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
     cfg.run.dir = str(run_dir)
     validate(cfg)
     return cfg

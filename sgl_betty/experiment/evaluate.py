@@ -54,6 +54,7 @@ from sgl_betty.params import count_parameters_m
 from sgl_betty.problems import NonFiniteError
 from sgl_betty.tracking import RunFolder, Tracker, build_tracker
 
+from .checkpoints import read_checkpoint, write_checkpoint
 from .config import ConfigError, to_yaml
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
 from .interruption import (
@@ -228,6 +229,7 @@ def build_eval_datasets(cfg: DictConfig, batch_size: int) -> EvalDatasets:
         image_size=data.image_size,
         synthetic=synthetic,
         limit=data.limit,
+        local_checksums=data.local_checksums,
     )
     return EvalDatasets(
         dataset,
@@ -297,7 +299,6 @@ def _seed_this_rank(seed: int, rank: int) -> None:
 
 RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "model.pt")
 LINE_FILES = ("metrics.jsonl",)
-CHECKPOINT_KIND = "eval"
 
 
 class EvaluationInterrupted(RunInterrupted):
@@ -351,26 +352,7 @@ def finished_summary(path: Path, kind: str = "eval", what: str = "an evaluation"
     return summary
 
 
-def is_evaluation_run(path: str | Path) -> bool:
-    """Whether ``path`` holds an evaluation run (its checkpoint or its summary say so)."""
-    path = Path(path)
-    checkpoint = path / CHECKPOINT
-    if checkpoint.is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-        except Exception:  # an unreadable checkpoint is for the search's own error to report
-            return False
-        return isinstance(state, dict) and state.get("kind") == CHECKPOINT_KIND
-    summary = path / "summary.json"
-    if summary.is_file():
-        try:
-            return json.loads(summary.read_text()).get("kind") == "eval"
-        except (json.JSONDecodeError, AttributeError):
-            return False
-    return False
-
-
-def read_eval_checkpoint(path: Path, context: DistributedContext) -> dict:
+def read_eval_checkpoint(path: Path, context: DistributedContext, trust: bool = False) -> dict:
     """The evaluation checkpoint in ``path``; ConfigError naming the fix when there is none."""
     file = path / CHECKPOINT
     if not file.is_file():
@@ -379,12 +361,7 @@ def read_eval_checkpoint(path: Path, context: DistributedContext) -> dict:
             f"checkpoint, at the end of its first epoch or after checkpoint.every_steps steps); "
             f"start it again without --resume, with run.dir={path}"
         )
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise ConfigError(
-            f"{file} is the checkpoint of a search, not of an evaluation; resume it with "
-            f"--stage search --resume {path}"
-        )
+    state = read_checkpoint(path, "eval", trust=trust, writer=context.is_main)
     if state["world_size"] != context.world_size:
         raise ConfigError(
             f"{file} was written by {state['world_size']} process(es), and this run has "
@@ -394,17 +371,6 @@ def read_eval_checkpoint(path: Path, context: DistributedContext) -> dict:
             else f"{file} was written by a single process; resume it without torchrun"
         )
     return state
-
-
-def _truncate_line_files(folder: RunFolder, sizes: dict[str, int]) -> None:
-    # Their later lines describe epochs that will be run again.
-    if not folder.enabled:
-        return
-    for name, size in sizes.items():
-        file = folder.file(name)
-        if file.exists():
-            with open(file, "r+b") as handle:
-                handle.truncate(size)
 
 
 def _clear_run_files(folder: RunFolder) -> None:
@@ -422,11 +388,12 @@ def _clear_run_files(folder: RunFolder) -> None:
         folder.file(name).unlink(missing_ok=True)
 
 
-def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
+def run_evaluation(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """Train ``cfg.eval``'s network on ``eval.dataset`` and return the summary (summary.json).
 
-    With ``resume``, continue the run in ``cfg.run.dir`` from its checkpoint; a finished run
-    is left as it is (its summary is returned).
+    With ``resume``, continue the run in ``cfg.run.dir`` from its checkpoint (read as plain
+    data; ``trust_checkpoint`` unpickles an earlier version's checkpoint that holds other
+    objects); a finished run is left as it is (its summary is returned).
     """
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
@@ -441,7 +408,7 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
                     f"{summary['test_error']:.2f}%, summary.json)"
                 )
             return summary
-        saved = read_eval_checkpoint(path, context)
+        saved = read_eval_checkpoint(path, context, trust_checkpoint)
         choice = _choice_from_state(saved["genotype"])
     else:
         choice = resolve_eval_genotype(cfg.eval.genotype)
@@ -478,9 +445,10 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
     resume_at = None  # the checkpoint's position inside an epoch
     if saved is None:
         _clear_run_files(folder)
+        folder.write_run_file("eval")
         folder.write_text("config.yaml", to_yaml(cfg))
     else:
-        _truncate_line_files(folder, saved["line_files"])
+        folder.truncate_line_files(saved["line_files"])
         trainer.load_state_dict(saved["trainer"])
         position = saved["position"]
         progress.epoch = position["epoch"]
@@ -505,7 +473,6 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
     total_steps = settings.epochs * steps_per_epoch
     every = cfg.checkpoint.every_steps
     checkpoint_state = {
-        "kind": CHECKPOINT_KIND,
         "genotype": _choice_state(choice),
         "network": dataclasses.asdict(spec),
     }
@@ -670,14 +637,11 @@ def _save_eval_checkpoint(
             "train": dataclasses.asdict(progress.train_result),
             "test": dataclasses.asdict(progress.test_result),
         }
-    line_files = {}
-    for name in LINE_FILES:
-        path = folder.file(name)
-        line_files[name] = path.stat().st_size if path.exists() else 0
     if not folder.enabled:
         return
-    folder.save_torch(
-        CHECKPOINT,
+    write_checkpoint(
+        folder,
+        "eval",
         {
             **fixed,
             "world_size": context.world_size,
@@ -685,7 +649,7 @@ def _save_eval_checkpoint(
             "position": position,
             "rng": rng,
             "results": results,
-            "line_files": line_files,
+            "line_files": folder.line_file_sizes(LINE_FILES),
             "elapsed_seconds": elapsed,
         },
     )

@@ -38,13 +38,13 @@ from .genotype_source import best_learner, resolve_eval_genotype
 from .search import default_run_dir, resolve_device
 
 
-def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
+def evaluate_stage(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """``--stage eval``: one evaluation, or one per seed and their aggregate; with ``resume``,
     continue the run (or the seeds' runs) in ``cfg.run.dir``."""
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
     if not cfg.seeds:
-        return run_evaluation(cfg, resume=resume)
+        return run_evaluation(cfg, resume=resume, trust_checkpoint=trust_checkpoint)
     if resume:
         root = Path(cfg.run.dir)
         finished = finished_summary(root, "seeds", "an evaluation over seeds")
@@ -61,7 +61,9 @@ def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
         root = Path(cfg.run.dir or default_eval_run_dir(cfg, choice.label))
         genotype_source = choice.source
         # Written first, so that the whole set of seeds can be resumed from this folder.
-        RunFolder(root, enabled=context.is_main).write_text("config.yaml", to_yaml(cfg))
+        top = RunFolder(root, enabled=context.is_main)
+        top.write_run_file("seeds")
+        top.write_text("config.yaml", to_yaml(cfg))
 
     def run_one(seed_cfg: DictConfig) -> dict:
         folder = Path(seed_cfg.run.dir)
@@ -70,7 +72,7 @@ def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
             (folder / CHECKPOINT).is_file() or (folder / "summary.json").is_file()
         )
         try:
-            return run_evaluation(seed_cfg, resume=resumable)
+            return run_evaluation(seed_cfg, resume=resumable, trust_checkpoint=trust_checkpoint)
         except EvaluationInterrupted as error:
             # Resuming the top folder continues this seed and then the others.
             raise EvaluationInterrupted(
@@ -179,6 +181,7 @@ def aggregate_seed_runs(runs: list[dict]) -> dict:
 def _write_aggregate(cfg: DictConfig, root: Path, runs: list[dict], writer: bool, **extra) -> dict:
     summary = {"kind": "seeds", **extra, **aggregate_seed_runs(runs)}
     folder = RunFolder(root, enabled=writer)
+    folder.write_run_file("seeds")
     folder.write_text("config.yaml", to_yaml(cfg))
     folder.write_json("summary.json", summary)
     if writer:

@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 
 from sgl_betty.data import build_search_data
 from sgl_betty.engine import build_sgl_engine
+from sgl_betty.errors import RunFolderError
 from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
 from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.tracking import RunFolder, build_tracker
 
+from .checkpoints import read_checkpoint, write_checkpoint
 from .config import ConfigError, sgl_config, to_yaml
 from .interruption import (
     CHECKPOINT,
@@ -76,6 +78,7 @@ def build_data(cfg: DictConfig):
         image_size=data.image_size,
         synthetic=synthetic,
         limit=data.limit,
+        local_checksums=data.local_checksums,
     )
 
 
@@ -140,13 +143,15 @@ def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> D
     )
 
 
-def run_search(cfg: DictConfig, resume: bool = False) -> dict:
+def run_search(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """Run the search described by ``cfg`` and return its summary (also in summary.json).
 
     The search runs in stages, each with fresh learners and its own engine: one stage for most
     methods, P-DARTS's stages of growing depth and shrinking op subsets for p_darts.
-    With ``resume``, continue the run in ``cfg.run.dir`` from its last checkpoint. Under
-    torchrun every process runs the search on its shard of the data; rank 0 writes the folder.
+    With ``resume``, continue the run in ``cfg.run.dir`` from its last checkpoint (read as
+    plain data; ``trust_checkpoint`` unpickles an earlier version's checkpoint that holds other
+    objects). Under torchrun every process runs the search on its shard of the data; rank 0
+    writes the folder.
     """
     device = resolve_device(cfg.device)
     context = init_distributed(device)
@@ -171,9 +176,10 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     position = SearchPosition(op_subsets=[None] * cfg.learners)
     saved = None
     if resume:
-        saved = read_checkpoint(folder, context)
-        position = SearchPosition(**saved.get("position", {"op_subsets": [None] * cfg.learners}))
+        saved = read_search_checkpoint(folder, context, trust_checkpoint)
+        position = SearchPosition(**saved["position"])
     else:
+        folder.write_run_file("search")
         folder.write_text("config.yaml", to_yaml(cfg))
     tracker = build_tracker(cfg, folder)
     tracker.start(OmegaConf.to_container(cfg, resolve=True), kind="search")
@@ -418,23 +424,20 @@ def save_checkpoint(
 ) -> None:
     """Atomically replace the checkpoint (rank 0 writes; every rank's RNG state is in it)."""
     rng = context.gather(rng_state())
-    line_files = {}
-    for name in LINE_FILES:
-        path = folder.file(name)
-        line_files[name] = path.stat().st_size if path.exists() else 0
-    folder.save_torch(
-        CHECKPOINT,
+    write_checkpoint(
+        folder,
+        "search",
         {
             "engine": engine.state_dict(),
             "position": dataclasses.asdict(position),
             "rng": rng,
-            "line_files": line_files,
+            "line_files": folder.line_file_sizes(LINE_FILES),
             "elapsed_seconds": elapsed,
         },
     )
 
 
-def read_checkpoint(folder: RunFolder, context) -> dict:
+def read_search_checkpoint(folder: RunFolder, context, trust: bool = False) -> dict:
     """The last checkpoint; the line files are cut back to it (their later lines describe steps
     that will be run again)."""
     path = folder.file(CHECKPOINT)
@@ -443,19 +446,23 @@ def read_checkpoint(folder: RunFolder, context) -> dict:
             f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
             "start it again without --resume"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if context.is_main:
-        for name, size in state["line_files"].items():
-            file = folder.file(name)
-            if file.exists():
-                with open(file, "r+b") as handle:
-                    handle.truncate(size)
+    state = read_checkpoint(folder.path, "search", trust=trust, writer=context.is_main)
+    folder.truncate_line_files(state["line_files"])
     return state
 
 
 def restore_engine(engine, context, state: dict) -> None:
     """Put ``engine`` (built for the checkpoint's stage) and the RNGs back where ``state`` was."""
-    engine.load_state_dict(state["engine"])
+    try:
+        engine.load_state_dict(state["engine"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        # A checkpoint that does not fit the networks its run's config.yaml describes.
+        reason = str(error).splitlines()[0]
+        raise RunFolderError(
+            f"the checkpoint does not fit the search that config.yaml describes ({reason}): "
+            "config.yaml or checkpoint.pt was changed or replaced after the run wrote them; "
+            "put back the run's own files, or start a new run without --resume"
+        ) from None
     # After the data position was replayed: replaying it draws augmentations from the RNG.
     set_rng_state(state["rng"][context.rank])
 

@@ -30,6 +30,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from sgl_betty.errors import ConfigError
+from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations
+
 from .figures import save_png
 from .tracker import run_name
 
@@ -223,14 +226,12 @@ def _read_config(folder: Path) -> dict:
     if not path.is_file():
         raise NotARunFolder("no config.yaml: not a run folder written by sgl-betty")
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as error:
-        raise NotARunFolder(
-            f"config.yaml cannot be read ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(config, dict):
-        raise NotARunFolder("config.yaml is not a mapping")
-    return config
+        config = read_yaml_config(path, "run config")
+        # Never resolved: an interpolation could read this machine's environment.
+        reject_interpolations(config, path)
+    except ConfigError as error:
+        raise NotARunFolder(str(error)) from None
+    return OmegaConf.to_container(config, resolve=False)
 
 
 def _summary_kind(summary: dict) -> str:

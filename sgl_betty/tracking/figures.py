@@ -31,7 +31,8 @@ from matplotlib.ticker import MaxNLocator
 
 from sgl_betty.genotypes import PRIMITIVES, num_edges
 
-from .run_folder import atomic_write_bytes, read_jsonl
+from .durable import atomic_write_bytes
+from .run_folder import read_jsonl
 from .tracker import run_name
 
 FIGURE_DPI = 100
