@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from sgl_betty.errors import UserError
@@ -65,8 +66,23 @@ def resume_stage(stage, run_dir, overrides, trust_checkpoint=False):
             f"--stage search --resume {run_dir}"
         )
     cfg = load_run_config(run_dir, overrides)
+    prepare(cfg)
     run = search_stage if stage == "search" else eval_stage
     return run(cfg, resume=True, trust_checkpoint=trust_checkpoint)
+
+
+def prepare(cfg) -> None:
+    """What every stage does first: torch's CPU threads, said on the console."""
+    from sgl_betty.experiment.resources import choose_threads
+
+    _, line = choose_threads(cfg.run.threads, cfg.data.num_workers)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(line, flush=True)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # A warning tells the user something about the run, not where in the code it was raised.
+    print(f"warning: {redact(str(message))}", file=file or sys.stderr)
 
 
 STAGES = {"search": search_stage, "eval": eval_stage, "all": all_stage}
@@ -98,8 +114,9 @@ def main(recipe: str, argv: list[str] | None = None) -> int:
         "--resume",
         metavar="RUN_DIR",
         help=f"continue an interrupted run of --stage {' or '.join(resumable)} from its last "
-        "checkpoint (with its config.yaml; overrides apply on top); a finished evaluation is left "
-        "as it is",
+        "checkpoint, with its config.yaml; overrides of logging, progress, tracking, checkpoints, "
+        "threads, device and the data location apply, others are refused; a finished evaluation "
+        "is left as it is",
     )
     parser.add_argument(
         TRUST_FLAG,
@@ -113,11 +130,14 @@ def main(recipe: str, argv: list[str] | None = None) -> int:
         parser.error(f"{TRUST_FLAG} only applies to --resume RUN_DIR")
     resume = args.resume
     try:
-        if resume:
-            resume_stage(args.stage, resume, args.overrides, args.trust_checkpoint)
-            return 0
-        cfg = load_config(args.overrides, recipe=recipe, config_dir=CONFIG_DIR)
-        STAGES[args.stage](cfg)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            if resume:
+                resume_stage(args.stage, resume, args.overrides, args.trust_checkpoint)
+                return 0
+            cfg = load_config(args.overrides, recipe=recipe, config_dir=CONFIG_DIR)
+            prepare(cfg)
+            STAGES[args.stage](cfg)
     except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2

@@ -12,6 +12,18 @@ from __future__ import annotations
 class UserError(Exception):
     """A run cannot go on because of its input or its environment; the message says the fix."""
 
+    def __init__(self, *args):
+        # A DataLoader worker's error reaches the main process rebuilt from a message with the
+        # worker's traceback in it; the user needs the original message only.
+        if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            marker = f"{type(self).__name__}: "
+            args = (args[0].rsplit(marker, 1)[-1].strip(),)
+        super().__init__(*args)
+
+
+class ConfigWarning(UserWarning):
+    """A setting that is allowed but probably not what was meant (lam with one learner)."""
+
 
 class ConfigError(UserError, ValueError):
     """A configuration the run cannot use; the message names the key and the allowed values."""

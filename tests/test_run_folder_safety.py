@@ -21,7 +21,6 @@ import sgl_betty.tracking.durable as durable
 from sgl_betty.data import DatasetCorruptedError, load_cifar, write_local_checksums
 from sgl_betty.experiment import interruption
 from sgl_betty.experiment.config import ConfigError, load_config, to_yaml
-from sgl_betty.experiment.methods import SEARCH_METHODS
 from sgl_betty.tracking import atomic_write_bytes, save_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +28,11 @@ RECIPE = ROOT / "benchmarks" / "cifar100.py"
 COMPARE = ROOT / "benchmarks" / "compare.py"
 CONFIGS = ROOT / "configs"
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from search_runs import SEARCH, full_and_stopped_search, same_architectures  # noqa: E402
+
 from recipe import main  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-SEARCH = [
-    "preset=tiny",
-    "hypergrad.type=first_order",
-    "search.epochs=2",
-    "checkpoint.every_steps=1",
-]
 
 
 class CreatesMarker:
@@ -155,24 +150,9 @@ def test_compare_reads_crafted_folders_without_unpickling(tmp_path, marker):
 # ---- checkpoints of earlier versions -----------------------------------------------------------
 
 
-def crash_at_step_3(learners, progress):
-    if progress >= 0.5:  # before the third of four steps: the checkpoint holds step 2
-        raise RuntimeError("simulated crash")
-
-
 @pytest.fixture(scope="module")
 def interrupted_and_full(tmp_path_factory):
-    base = tmp_path_factory.mktemp("legacy")
-    full, stopped = base / "full", base / "stopped"
-    assert main("cifar100", [*SEARCH, f"run.dir={full}"]) == 0
-    darts = SEARCH_METHODS["darts"]
-    darts.on_step = crash_at_step_3
-    try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            main("cifar100", [*SEARCH, f"run.dir={stopped}"])
-    finally:
-        darts.on_step = None
-    return full, stopped
+    return full_and_stopped_search(main, tmp_path_factory.mktemp("legacy"))
 
 
 def as_old_format(folder: Path, **extra) -> None:
@@ -191,12 +171,6 @@ def as_old_format(folder: Path, **extra) -> None:
     del state["format"], state["kind"]
     torch.save({**state, **extra}, folder / "checkpoint.pt")
     (folder / "run.json").unlink()
-
-
-def same_architectures(a: Path, b: Path) -> bool:
-    left = torch.load(a / "architecture.pt", weights_only=True)
-    right = torch.load(b / "architecture.pt", weights_only=True)
-    return all(torch.equal(left[k][name], right[k][name]) for k in left for name in left[k])
 
 
 def test_an_old_checkpoint_is_converted_once_and_resumes_bitwise(

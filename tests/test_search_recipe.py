@@ -56,7 +56,7 @@ def check_run_folder(run_dir: Path, learners: int, epochs: int, steps: int, step
         for genotype in row["genotypes"]:
             validate_genotype(genotype_from_dict(genotype), steps=steps_in_cell)
 
-    architectures = torch.load(run_dir / "architecture.pt")
+    architectures = torch.load(run_dir / "architecture.pt", weights_only=True)
     assert sorted(architectures) == list(range(learners))
     assert set(architectures[0]) == {"alpha_normal", "alpha_reduce"}
 

@@ -23,6 +23,9 @@ from sgl_betty.errors import ConfigError
 from sgl_betty.secret_env import secrets_in
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
 
+from .config_checks import check_values
+from .resume_policy import check_resume_overrides
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DATASETS = ("cifar100", "cifar10", "synthetic")
 UNLABELED = ("cifar10", "cifar100", "train", "synthetic")
@@ -117,10 +120,12 @@ class DataSchema:
 
 @dataclass
 class RunSchema:
-    # None: runs/<date>-<method>-<hypergrad>-k<K>
+    # None: runs/<date>-<method>-<hypergrad>-k<K>-seed<s> (numbered when taken).
     dir: str | None = None
     log_every: int = 10
     progress: bool = True
+    # torch's CPU threads; None: the cores left to this process (or OMP_NUM_THREADS).
+    threads: int | None = None
 
 
 @dataclass
@@ -289,6 +294,7 @@ def validate(cfg: DictConfig) -> None:
         "search.val_batches",
         "search.weight_lr",
         "run.log_every",
+        "run.threads",
         "hypergrad.darts_alpha",
         "hypergrad.neumann_alpha",
         "hypergrad.cg_iterations",
@@ -327,6 +333,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)"
         )
+    check_values(cfg)
 
 
 def preset_path(name: str, recipe: str | None = None, config_dir: Path = CONFIG_DIR) -> Path:
@@ -400,23 +407,37 @@ def config_keys(node: Any = None, prefix: str = "") -> list[str]:
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """The resolved config a run folder was started with, plus overrides (to resume it)."""
+    """The resolved config a run folder was started with, plus the overrides a resumed run
+    accepts (``resume_policy``; any other is refused, naming the key)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (is it a run folder?)")
     overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. device=cpu)")
     saved = read_yaml_config(path, "run config")
     reject_interpolations(saved, path)
     try:
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides)
-        )
+        base = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"{path}: {_describe(error)}") from None
+        raise ConfigError(
+            f"{path} does not fit this version's config schema: {_describe(error)}; it was edited "
+            "or written by another version: fix the file, or start a new run"
+        ) from None
+    try:
+        cli = OmegaConf.from_dotlist(overrides)
+        cfg = OmegaConf.merge(base, cli)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
+    check_resume_overrides(base, cfg, cli)
     cfg.run.dir = str(run_dir)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (the value comes from {path} or an override)") from None
     return cfg
 
 

@@ -8,6 +8,7 @@ the same random numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -42,6 +43,14 @@ class StopRequests:
         if self.received is not None:  # a second Ctrl-C: stop now, the last checkpoint stands
             raise KeyboardInterrupt
         self.received = signum
+        # At once, not when the step ends (a step can take many seconds). os.write: the main
+        # thread may be inside a buffered write to stderr (the progress bar) right now.
+        name = signal.Signals(signum).name
+        os.write(
+            2,
+            f"\n{name} received: the run stops after the current step, with a checkpoint "
+            "(Ctrl-C again stops at once, from the last checkpoint)\n".encode(),
+        )
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

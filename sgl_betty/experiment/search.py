@@ -7,11 +7,13 @@ runs in stages with fresh learners each (P-DARTS's progressive stages; one for o
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 import platform
 import random
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from .interruption import (
     set_rng_state,
 )
 from .methods import SearchMethod, SearchStage, search_method, search_stages, stage_learners
+from .resources import out_of_memory
+from .run_dirs import claim_for_run, default_search_dir, discarded_on_failed_start
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,30 +60,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_run_dir(cfg: DictConfig) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{cfg.search.method}-{cfg.hypergrad.type}-k{cfg.learners}"
+def data_settings(cfg: DictConfig) -> dict:
+    """The data builders' arguments that search and evaluation share."""
+    data = cfg.data
+    return {
+        "root": data.root,
+        "download": data.download,
+        "seed": cfg.seed,
+        "image_size": data.image_size,
+        "synthetic": dict(OmegaConf.to_container(data.synthetic)),
+        "limit": data.limit,
+        "local_checksums": data.local_checksums,
+    }
+
+
+@contextmanager
+def data_settings_checked(what: str, batch_key: str, batch_size: int) -> Iterator[None]:
+    """The data builders' ValueErrors (sizes, names, options) as ConfigErrors naming the batch."""
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(
+            f"the {what} data cannot be built from these settings: {error} "
+            f"({batch_key}={batch_size}, data.*)"
+        ) from None
 
 
 def build_data(cfg: DictConfig):
-    data = cfg.data
-    synthetic = dict(OmegaConf.to_container(data.synthetic))
-    if data.image_size is not None:
-        synthetic["image_size"] = data.image_size
-    return build_search_data(
-        data.dataset,
-        data.unlabeled,
-        root=data.root,
-        download=data.download,
-        batch_size=cfg.search.batch_size,
-        train_portion=data.train_portion,
-        num_workers=data.num_workers,
-        seed=cfg.seed,
-        image_size=data.image_size,
-        synthetic=synthetic,
-        limit=data.limit,
-        local_checksums=data.local_checksums,
-    )
+    settings = data_settings(cfg)
+    if cfg.data.image_size is not None:
+        settings["synthetic"]["image_size"] = cfg.data.image_size
+    with data_settings_checked("search", "search.batch_size", cfg.search.batch_size):
+        return build_search_data(
+            cfg.data.dataset,
+            cfg.data.unlabeled,
+            batch_size=cfg.search.batch_size,
+            train_portion=cfg.data.train_portion,
+            num_workers=cfg.data.num_workers,
+            **settings,
+        )
 
 
 @torch.no_grad()
@@ -122,6 +141,7 @@ def machine_description(device: torch.device) -> str:
 
 
 LINE_FILES = ("metrics.jsonl", "genotypes.jsonl")
+NETWORK_SIZE = "search.init_channels, search.layers or learners"
 
 
 class SearchInterrupted(RunInterrupted):
@@ -170,64 +190,88 @@ def run_search(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = F
     stages = search_stages(cfg)
     total_steps = sum(stage.epochs for stage in stages) * steps_per_epoch
 
-    if cfg.run.dir is None:
-        cfg.run.dir = str(default_run_dir(cfg))
-    folder = RunFolder(cfg.run.dir, enabled=context.is_main)
-    position = SearchPosition(op_subsets=[None] * cfg.learners)
     saved = None
     if resume:
+        folder = RunFolder(cfg.run.dir, enabled=context.is_main)
+        folder.remove_stale_temporaries()
         saved = read_search_checkpoint(folder, context, trust_checkpoint)
-        position = SearchPosition(**saved["position"])
     else:
-        folder.write_run_file("search")
-        folder.write_text("config.yaml", to_yaml(cfg))
-    tracker = build_tracker(cfg, folder)
-    tracker.start(OmegaConf.to_container(cfg, resolve=True), kind="search")
-    quiet = not cfg.run.progress or not context.is_main
+        folder = claim_for_run(cfg, "search", context, default_search_dir(cfg))
+    # On a resume: with the overrides that apply (logging, checkpoints, device, ...).
+    folder.write_text("config.yaml", to_yaml(cfg))
+    if saved is None:
+        position = SearchPosition(op_subsets=[None] * cfg.learners)
+    else:
+        position = SearchPosition(**saved["position"])
+    with discarded_on_failed_start(folder, claimed=not resume):
+        tracker = build_tracker(cfg, folder)
+        tracker.start(OmegaConf.to_container(cfg, resolve=True), kind="search")
+        quiet = not cfg.run.progress or not context.is_main
+        if not quiet:
+            tqdm.write(f"run folder: {folder.path}\n" + data.describe())
+        run = SearchRun(
+            cfg=cfg,
+            method=search_method(cfg.search.method),
+            context=context,
+            folder=folder,
+            tracker=tracker,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            started=time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0),
+            position=position,
+            # Started at the checkpoint's step: its rate and ETA count this session's steps only.
+            progress=tqdm(
+                total=total_steps,
+                initial=stages[position.stage].first_epoch * steps_per_epoch
+                + (saved["engine"]["global_step"] if saved else 0),
+                desc="search",
+                disable=quiet,
+            ),
+        )
+        learners, val_acc = run_stages(run, stages, data, (train, val, unlabeled), saved)
+    summary = search_summary(run, learners, val_acc, run.elapsed())
+    folder.write_json("summary.json", summary)
+    tracker.finish(summary)
     if not quiet:
-        tqdm.write(f"run folder: {folder.path}\n" + data.describe())
+        print_summary(summary, folder.path)
+    return summary
 
-    run = SearchRun(
-        cfg=cfg,
-        method=search_method(cfg.search.method),
-        context=context,
-        folder=folder,
-        tracker=tracker,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        started=time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0),
-        position=position,
-        progress=tqdm(
-            total=total_steps,
-            initial=stages[position.stage].first_epoch * steps_per_epoch,
-            desc="search",
-            disable=quiet,
-        ),
-    )
+
+def run_stages(run: SearchRun, stages, data, loaders, saved: dict | None):
+    """Every stage from the run's position on; the last stage's learners and their search
+    validation accuracy. ``saved``: the checkpoint of the first of them, to continue from."""
+    cfg, context, device = run.cfg, run.context, run.context.device
+    train, val, unlabeled = loaders
     with StopRequests() as stop:
-        for stage in stages[position.stage :]:
-            stage_steps = stage.epochs * steps_per_epoch
-            learners = stage_learners(
-                cfg, data.num_classes, stage, stage_steps, position.op_subsets
-            )
-            # Same initial weights everywhere (broadcast anyway), each process its own augmentations.
-            if context.enabled:
-                seed_everything(cfg.seed + 1000 * context.rank + stage.index)
-            sgl = sgl_config(cfg)
-            sgl.arch_warmup_steps = stage.arch_warmup_epochs * steps_per_epoch
-            engine = build_sgl_engine(
-                learners, train, val, unlabeled, sgl, train_iters=stage_steps, device=device
-            )
+        for stage in stages[run.position.stage :]:
+            stage_steps = stage.epochs * run.steps_per_epoch
+            with out_of_memory("building the search networks", NETWORK_SIZE):
+                learners = stage_learners(
+                    cfg, data.num_classes, stage, stage_steps, run.position.op_subsets
+                )
+                # Same initial weights everywhere (broadcast anyway), each process its own
+                # augmentations.
+                if context.enabled:
+                    seed_everything(cfg.seed + 1000 * context.rank + stage.index)
+                sgl = sgl_config(cfg)
+                sgl.arch_warmup_steps = stage.arch_warmup_epochs * run.steps_per_epoch
+                engine = build_sgl_engine(
+                    learners, train, val, unlabeled, sgl, train_iters=stage_steps, device=device
+                )
             if saved is not None:  # the stage the checkpoint was taken in
                 restore_engine(engine, context, saved)
-                run.progress.update(engine.global_step)
                 saved = None
-            train_stage(run, stage, learners, engine, stop)
-            val_acc = finish_stage(run, stage, learners, val, device)
+            with out_of_memory("training the search", f"search.batch_size, {NETWORK_SIZE}"):
+                train_stage(run, stage, learners, engine, stop)
+                val_acc = finish_stage(run, stage, learners, val, device)
     run.progress.close()
-    wall_seconds = run.elapsed()
+    return learners, val_acc
 
-    folder.save_torch(
+
+def search_summary(run: SearchRun, learners, val_acc: list[float], wall_seconds: float) -> dict:
+    """What summary.json holds; architecture.pt is written on the way."""
+    cfg, context, device = run.cfg, run.context, run.context.device
+    run.folder.save_torch(
         "architecture.pt", {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
     )
     checksums = context.gather([weights_checksum(learner.arch) for learner in learners])
@@ -240,9 +284,9 @@ def run_search(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = F
         "dataset": cfg.data.dataset,
         "genotypes": [genotype_to_dict(learner.arch.genotype()) for learner in learners],
         "val_acc": val_acc,
-        "steps": total_steps,
+        "steps": run.total_steps,
         "wall_seconds": wall_seconds,
-        "seconds_per_step": wall_seconds / max(total_steps, 1),
+        "seconds_per_step": wall_seconds / max(run.total_steps, 1),
         "device": str(device),
         "machine": machine_description(device),
         "processes": context.world_size,
@@ -251,12 +295,8 @@ def run_search(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = F
         * context.world_size
         / 3600,
     }
-    if position.stages:
-        summary["stages"] = position.stages
-    folder.write_json("summary.json", summary)
-    tracker.finish(summary)
-    if not quiet:
-        print_summary(summary, folder.path)
+    if run.position.stages:
+        summary["stages"] = run.position.stages
     return summary
 
 
@@ -437,15 +477,20 @@ def save_checkpoint(
     )
 
 
-def read_search_checkpoint(folder: RunFolder, context, trust: bool = False) -> dict:
+def read_search_checkpoint(folder: RunFolder, context, trust: bool = False) -> dict | None:
     """The last checkpoint; the line files are cut back to it (their later lines describe steps
-    that will be run again)."""
+    that will be run again). None when the run stopped before its first checkpoint: it starts
+    again from its first step, in its folder."""
     path = folder.file(CHECKPOINT)
     if not path.is_file():
-        raise ConfigError(
-            f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
-            "start it again without --resume"
-        )
+        if context.is_main:
+            print(
+                f"note: {folder.path} has no checkpoint yet (the search stopped before its first "
+                "one); it starts again from its first step",
+                file=sys.stderr,
+            )
+        folder.truncate_line_files(dict.fromkeys(LINE_FILES, 0))
+        return None
     state = read_checkpoint(folder.path, "search", trust=trust, writer=context.is_main)
     folder.truncate_line_files(state["line_files"])
     return state

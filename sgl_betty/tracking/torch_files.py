@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class LoadedFile:
 def _unsafe_globals(path: Path) -> list[str] | None:
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # not a zip file: an old-style or damaged file
+    except Exception:  # a damaged archive
         return None
 
 
@@ -116,6 +117,8 @@ def load_torch_file(
     try:
         if trust:
             return LoadedFile(torch.load(path, map_location="cpu", weights_only=False))
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+            raise ValueError("it is not a zip archive, the format torch.save writes")
         try:
             return LoadedFile(torch.load(path, map_location="cpu", weights_only=True))
         except pickle.UnpicklingError:
