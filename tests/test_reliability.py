@@ -61,7 +61,8 @@ def wait_for_lines(path: Path, lines: int, process, timeout=240):
 
 
 def same_architectures(a: Path, b: Path) -> bool:
-    left, right = torch.load(a / "architecture.pt"), torch.load(b / "architecture.pt")
+    left = torch.load(a / "architecture.pt", weights_only=True)
+    right = torch.load(b / "architecture.pt", weights_only=True)
     return left.keys() == right.keys() and all(
         torch.equal(left[k][name], right[k][name]) for k in left for name in left[k]
     )
@@ -145,7 +146,7 @@ def test_nan_stops_with_learner_stage_step_and_keeps_last_good_checkpoint(
         run_search(cfg)
     message = str(error.value)
     assert "v stage of learner 0" in message and "step 4" in message
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["engine"]["global_step"] == 3
     weights = state["engine"]["problems"]["v_0"]["module"]
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
