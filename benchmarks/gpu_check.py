@@ -21,7 +21,9 @@ What it measures (one JSON object, the last line of standard output, also writte
   on a CPU) and ``host_reads_per_step``, the Python-level reads of a tensor's value (``item``,
   ``tolist``, ``cpu``, ``numpy``, ``bool``, ``float``, ``int``) that are syncs on a GPU;
   ``peak_allocated_mb`` and ``peak_reserved_mb`` over the row (CUDA allocator; None on a CPU);
-  ``logits_dtype``, the dtype of learner 0's W-network output during the steps.
+  ``descent_dtype`` and ``hypergradient_dtype``, the dtypes of learner 0's W-network outputs
+  during its own descent step and during the hypergradient (bf16 and float32 in the bf16 row:
+  the precision policy evaluates second-order terms in float32).
 - ``evaluation``: ``eval.steps`` training steps of the evaluation network at the paper's size
   (20 cells, C=36, batch 96, auxiliary head, drop path, DARTS_V2) through ``EvalTrainer``, per
   precision in ``eval.precisions``; the same timing, memory and sync fields, and
@@ -282,6 +284,25 @@ class PeakMemory:
         )
 
 
+class SearchDtypes:
+    """The dtypes of a W network's outputs during its descent and during the hypergradient."""
+
+    def __init__(self, engine, net: torch.nn.Module):
+        self.stage = engine.problem("w", 0)
+        self.seen = {"descent": set(), "hypergradient": set()}
+        self.handle = net.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        part = "descent" if self.stage.descending else "hypergradient"
+        self.seen[part].add(str(output.dtype).removeprefix("torch."))
+
+    def read(self) -> dict:
+        self.handle.remove()
+        return {
+            f"{part}_dtype": ",".join(sorted(dtypes)) or None for part, dtypes in self.seen.items()
+        }
+
+
 class OutputDtype:
     """The dtype of a module's last output (what autocast made of the forward pass)."""
 
@@ -348,7 +369,7 @@ def search_row(check: SearchCheck, learners: int, hypergrad: str, precision: str
     engine = build_sgl_engine(
         group, train, val, unlabeled, sgl_config(cfg), train_iters=10**9, device=device
     )
-    dtype = OutputDtype(group[0].w_net)
+    dtypes = SearchDtypes(engine, group[0].w_net)
     for _ in range(check.warmup):
         engine.step()
     row = timed_steps(engine.step, check.timed, device)
@@ -357,7 +378,7 @@ def search_row(check: SearchCheck, learners: int, hypergrad: str, precision: str
     row.update(
         syncs_per_step=counts["syncs"],
         host_reads_per_step=counts["host_reads"],
-        logits_dtype=dtype.read(),
+        **dtypes.read(),
         **memory.read(),
     )
     losses = [value for key, value in engine.metrics().items() if key.endswith("train_loss")]

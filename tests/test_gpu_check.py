@@ -70,7 +70,9 @@ def test_search_rows_time_every_hypergradient_type_and_a_bf16_row(check):
         assert isinstance(row["host_reads_per_step"], int) and row["host_reads_per_step"] >= 0
         assert row["peak_allocated_mb"] is None and row["peak_reserved_mb"] is None
         expected = "bfloat16" if row["precision"] == "bf16" else "float32"
-        assert row["logits_dtype"] == expected  # the autocast really ran
+        assert row["descent_dtype"] == expected  # the autocast really ran
+        # The precision policy: the hypergradient in float32 (the bf16 row is second order).
+        assert row["hypergradient_dtype"] == "float32"
         assert row["finite_losses"] is True
 
 
