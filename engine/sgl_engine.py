@@ -23,6 +23,7 @@ from sgl_betty.problems import NonFiniteWatch
 from sgl_betty.runtime import process_device
 
 from .batches import SharedBatches
+from .data_parallel import GradientAverage
 
 
 def launched_distributed() -> bool:
@@ -76,10 +77,13 @@ class SGLEngine(Engine):
         return dist_dict
 
     def _start_data_parallel(self) -> None:
+        backend = dist.get_backend()
         for problem in self.problems:
             for tensor in list(problem.module.parameters()) + list(problem.module.buffers()):
                 dist.broadcast(tensor.data, src=0)
-            problem.world_size = self._world_size
+            problem.average_gradients = GradientAverage(
+                problem.trainable_parameters(), self._world_size, backend
+            )
 
     @property
     def rank(self) -> int:

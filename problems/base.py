@@ -62,8 +62,9 @@ class SGLStage(ImplicitProblem):
         # True only while Betty computes this problem's own descent step; solvers that
         # re-evaluate the loss for a hypergradient see False.
         self.descending = False
-        # > 1 when the engine runs data-parallel: gradients are averaged before each step.
-        self.world_size = 1
+        # Set by the engine when it runs data-parallel (engine/data_parallel.py): averages the
+        # gradients over the processes before each step.
+        self.average_gradients = None
         # Metrics stay device tensors: the engine reads them only when asked (``metrics()``).
         self.last_metrics: dict[str, torch.Tensor | float] = {}
         # Where the stage's loss (and the architecture's hypergradient) is watched for NaN/inf.
@@ -100,12 +101,8 @@ class SGLStage(ImplicitProblem):
 
     def grad_callback(self):
         # Betty calls this between the backward pass (hypergradient included) and the step.
-        if self.world_size > 1:
-            for param in self.trainable_parameters():
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                torch.distributed.all_reduce(param.grad)
-                param.grad.div_(self.world_size)
+        if self.average_gradients is not None:
+            self.average_gradients()
         if self.step_recorder is not None:
             self.last_step = self.step_recorder(self)
 

@@ -14,7 +14,7 @@ import torch
 from sgl_betty.experiment.config import load_config
 from sgl_betty.experiment.methods import SEARCH_METHODS, darts_modules, register_method
 from sgl_betty.experiment.search import CHECKPOINT, run_search
-from sgl_betty.problems import NonFiniteError
+from sgl_betty.problems import NonFiniteError, NonFiniteWatch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -192,3 +192,23 @@ def test_a_nan_found_steps_later_names_its_step_and_no_checkpoint_holds_it(
     state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
     assert state["engine"]["global_step"] == 3
     assert not (tmp_path / "metrics.jsonl").exists()  # no row was logged from the NaN steps
+
+
+def test_the_watch_names_the_first_non_finite_value_of_the_first_bad_step():
+    watch = NonFiniteWatch()
+    values = {  # step: (v loss, w loss, arch hypergradient norm or None while it waits)
+        1: (1.0, 2.0, None),
+        2: (1.0, float("inf"), 3.0),
+        3: (float("nan"), float("nan"), float("nan")),
+    }
+    for step, (v, w, arch) in values.items():
+        watch.observe("v", 0, "loss", torch.tensor(v))
+        watch.observe("w", 1, "loss", torch.tensor(w))
+        if arch is not None:
+            watch.observe("arch", 0, "hypergradient", torch.tensor(arch))
+        watch.end_step(step)
+        if step == 1:
+            watch.check(now=step)  # all finite: no error
+    with pytest.raises(NonFiniteError) as error:
+        watch.check(now=3)
+    assert "non-finite loss (inf) in the w stage of learner 1 at step 2, found" in str(error.value)
