@@ -215,6 +215,9 @@ def build_sgl_engine(
             stage.optimizer = make_optimizer(stage.trainable_parameters())
             stage.scheduler = make_scheduler(stage.optimizer) if make_scheduler else None
     record_unrolled_steps(config, v_stages, w_stages)
+    if config.compile:
+        for stage in v_stages + w_stages:
+            stage.compiled_module = torch.compile(stage.module, backend=config.compile_backend)
     engine.precision_policy = describe_policy(
         config.autocast_dtype, hypergrad != "first_order", config.hypergrad.full_precision
     )

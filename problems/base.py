@@ -74,6 +74,16 @@ class SGLStage(ImplicitProblem):
         # (engine/unrolled.py), kept as ``last_step``.
         self.step_recorder = None
         self.last_step = None
+        # torch.compile(module) where SGLConfig.compile is on; used by ``network()``.
+        self.compiled_module = None
+
+    def network(self):
+        """The network to call: the compiled one in the own descent step (a single backward
+        pass), the eager module for every re-evaluation by a hypergradient solver (double
+        backward, perturbed or swapped weights)."""
+        if self.compiled_module is not None and self.descending:
+            return self.compiled_module
+        return self.module
 
     def training_step_exec(self, batch):
         # Mixed precision is for the descent step only: hypergradient solvers re-evaluate this
