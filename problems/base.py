@@ -9,9 +9,7 @@ from betty.problems import ImplicitProblem
 
 from sgl_betty.config import SGLConfig
 
-from .non_finite import NonFiniteError, NonFiniteWatch
-
-__all__ = ["NonFiniteError", "SGLStage", "accuracy", "detach_tree"]
+from .non_finite import NonFiniteWatch
 
 
 def detach_tree(value):
