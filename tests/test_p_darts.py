@@ -22,6 +22,7 @@ from sgl_betty.search_space import (
     skip_dropout_rate,
 )
 from sgl_betty.search_space.ops import FactorizedReduce
+from sgl_betty.search_space.scheduled import ScheduledDropout
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -119,11 +120,11 @@ def test_skip_dropout_schedule_by_progress_is_constant_within_an_epoch():
 def test_dropout_follows_only_the_stride_one_skip_connect():
     op = SkipDropoutMixedOp(4, 1)
     skip = op.ops[PRIMITIVES.index("skip_connect")]
-    assert isinstance(skip, nn.Sequential) and isinstance(skip[1], nn.Dropout)
-    assert [m for m in op.modules() if isinstance(m, nn.Dropout)] == [skip[1]]
+    assert isinstance(skip, nn.Sequential) and isinstance(skip[1], ScheduledDropout)
+    assert [m for m in op.modules() if isinstance(m, ScheduledDropout)] == [skip[1]]
     reduce_op = SkipDropoutMixedOp(4, 2)
     assert isinstance(reduce_op.ops[PRIMITIVES.index("skip_connect")], FactorizedReduce)
-    assert not any(isinstance(m, nn.Dropout) for m in reduce_op.modules())
+    assert not any(isinstance(m, ScheduledDropout) for m in reduce_op.modules())
 
     x = torch.randn(2, 4, 6, 6)
     weights = one_hot("skip_connect")

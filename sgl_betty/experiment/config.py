@@ -79,6 +79,10 @@ class SearchSchema:
     # Bitwise-reproducible kernels (torch.use_deterministic_algorithms, cuDNN without benchmark,
     # cuBLAS workspace): identical results after a resume on a GPU too, at some speed.
     deterministic: bool = False
+    # torch.compile the V and W networks for their descent steps (and the first-order validation
+    # pass); the hypergradient solvers' double-backward passes stay eager. The first steps
+    # compile (minutes on a CPU).
+    compile: bool = False
     # PC-DARTS: an edge's ops see 1/pc_partial_channels of its channels (the reference's K = 4).
     pc_partial_channels: int = 4
     # DARTS-: how the auxiliary skip's weight beta falls from 1 to 0 (linear or cosine).
@@ -490,6 +494,7 @@ def sgl_config(cfg: DictConfig, **callables) -> SGLConfig:
         arch_warmup_steps=steps_warmup,
         autocast_dtype=torch.bfloat16 if cfg.search.precision == "bf16" else None,
         channels_last=cfg.search.channels_last,
+        compile=cfg.search.compile,
         **callables,
     )
 

@@ -364,7 +364,12 @@ class SearchRun:
 
 def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: StopRequests) -> None:
     """Step ``engine`` to the end of ``stage``: log the metrics, record the architectures after
-    every epoch, checkpoint, and stop cleanly (SearchInterrupted) when a signal asks to."""
+    every epoch, checkpoint, and stop cleanly (SearchInterrupted) when a signal asks to.
+
+    The steps themselves never read a value back (engine/sgl_engine.py); NaN and infinite values
+    are looked for on logging steps, before the architectures are recorded and before every
+    checkpoint, so no record and no checkpoint is written from a non-finite state, and the
+    NonFiniteError names the step the first such value came from."""
     cfg, folder, steps_per_epoch = run.cfg, run.folder, run.steps_per_epoch
     stage_steps = stage.epochs * steps_per_epoch
     first_step = stage.first_epoch * steps_per_epoch  # steps of the stages before this one
@@ -373,6 +378,7 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
     wants_stop = StopVote(run.context, stop)
 
     def checkpoint() -> None:
+        engine.check_finite()  # a checkpoint never holds a non-finite state
         save_checkpoint(folder, engine, run.context, run.elapsed(), run.position)
 
     while engine.global_step < stage_steps:
@@ -386,11 +392,16 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
         run.progress.update(1)
         step = first_step + engine.global_step  # steps since the search started
         if step % cfg.run.log_every == 0 or engine.global_step == stage_steps:
+            # The steps never wait for the device; these reads do, so they count in the window.
+            tick = time.perf_counter()
+            engine.check_finite()
+            metrics = engine.metrics()
+            window_seconds += time.perf_counter() - tick
             row = {"step": step, "epoch": epoch}
             if staged:
                 row["stage"] = stage.index
             row["seconds_per_step"] = window_seconds / window_steps
-            row.update(engine.metrics())
+            row.update(metrics)
             folder.append_jsonl("metrics.jsonl", row)
             run.tracker.log_metrics(row, step)
             window_seconds, window_steps = 0.0, 0
@@ -398,6 +409,7 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
                 epoch=epoch, loss=f"{row.get('learner0/w_train_loss', math.nan):.3f}"
             )
         if step % steps_per_epoch == 0:
+            engine.check_finite()
             record_architectures(
                 folder, run.tracker, learners, epoch, step, stage.index if staged else None
             )
