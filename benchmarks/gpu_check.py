@@ -69,6 +69,7 @@ from sgl_betty.genotypes import PUBLISHED, genotype_to_dict
 from sgl_betty.host_reads import count_host_reads, host_resident_tensors
 from sgl_betty.params import count_parameters_m
 from sgl_betty.runtime import configure_backends
+from sgl_betty.tracking.summaries import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 # The paper's hypergradient, for the bf16 row.
@@ -459,9 +460,9 @@ def end_to_end(check: EndToEndCheck, device: torch.device) -> dict:
         if done.returncode != 0:
             result["stderr_tail"] = done.stderr[-3000:]
             return result
-        search = json.loads((run / "summary.json").read_text())
+        search = read_summary(run).to_dict()
         evaluations = sorted(run.glob("eval-*/summary.json"))
-        evaluation = json.loads(evaluations[0].read_text()) if evaluations else {}
+        evaluation = read_summary(evaluations[0].parent).to_dict() if evaluations else {}
     result["search"] = {
         key: search.get(key)
         for key in ("device", "steps", "seconds_per_step", "val_acc", "global_batch_size")

@@ -192,3 +192,12 @@ def test_cli_writes_report_and_plot_and_skips_what_is_not_a_run(runs, tmp_path, 
 def test_cli_without_any_run_folder_fails_with_a_message(runs, capsys):
     assert compare_cli.main([str(runs / "notes"), str(runs / "unfinished")]) == 2
     assert "none of the given folders is a finished run folder" in capsys.readouterr().err
+
+
+def test_every_summary_states_its_cost_as_device_hours(runs):
+    # A search, an evaluation over seeds and one of its seeds, as the recipes wrote them.
+    for folder in (runs / "fo-seed1", runs / "v2", runs / "v2" / "seed-1"):
+        written = summary(folder)
+        assert written["device_type"] == "cpu", folder
+        assert written["device_hours"] == written["cpu_hours"] > 0, folder
+        assert "gpu_hours" not in written

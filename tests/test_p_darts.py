@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgl_betty.experiment.config import ConfigError, load_config
-from sgl_betty.experiment.methods import p_darts_plan, p_darts_stage_modules
+from sgl_betty.experiment.p_darts_method import p_darts_plan, p_darts_stage_modules
 from sgl_betty.genotypes import PRIMITIVES, validate_genotype
 from sgl_betty.search_space import (
     PDartsArchitecture,

@@ -184,6 +184,115 @@ def _unlabeled_synthetic(spec: SyntheticSpec, image_size: int, limit: int | None
     return _first_of(augmented, limit)
 
 
+@dataclass
+class _LabeledSearchSets:
+    """D_tr, D_val and test of a search, before any loader, and what D_u needs from them."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    image_size: int
+    normalization: CifarSpec | None  # None: synthetic images, not normalised
+    unlabeled_pool: Dataset | None  # synthetic data's own unlabeled pool
+    details: list[str]
+
+
+def _synthetic_search_sets(
+    spec: SyntheticSpec, image_size: int | None, limit: int | None
+) -> _LabeledSearchSets:
+    spec = spec.with_image_size(image_size)
+    size = spec.image_size
+    splits = make_synthetic(spec)
+    augment = tensor_augmentation(size)
+    return _LabeledSearchSets(
+        train=_first_of(
+            TensorImageDataset(splits.train.images, splits.train.targets, augment), limit
+        ),
+        val=_first_of(TensorImageDataset(splits.val.images, splits.val.targets, augment), limit),
+        test=_first_of(splits.test, limit),
+        num_classes=spec.num_classes,
+        image_size=size,
+        normalization=None,
+        unlabeled_pool=UnlabeledTensorDataset(splits.unlabeled.images, tensor_augmentation(size)),
+        details=[f"generated in memory, seed {spec.seed}"],
+    )
+
+
+def _cifar_search_sets(
+    dataset: str,
+    root: Path,
+    download: bool,
+    image_size: int | None,
+    train_portion: float,
+    limit: int | None,
+    local_checksums: bool,
+) -> _LabeledSearchSets:
+    spec = CIFAR_SPECS[dataset]
+    size = image_size or CIFAR_IMAGE_SIZE
+    full_train = load_cifar(
+        dataset,
+        root,
+        train=True,
+        transform=search_transform(spec.mean, spec.std, size),
+        download=download,
+        local_checksums=local_checksums,
+    )
+    train_indices, val_indices = darts_split(len(full_train), train_portion)
+    train_indices, val_indices = first(train_indices, limit), first(val_indices, limit)
+    test = load_cifar(
+        dataset,
+        root,
+        train=False,
+        transform=inference_transform(spec.mean, spec.std, size),
+        download=download,
+        local_checksums=local_checksums,
+    )
+    return _LabeledSearchSets(
+        train=subset(full_train, train_indices),
+        val=subset(full_train, val_indices),
+        test=_first_of(test, limit),
+        num_classes=spec.num_classes,
+        image_size=size,
+        normalization=spec,
+        unlabeled_pool=None,
+        details=[
+            _source_line(full_train, dataset, root),
+            f"D_tr = training images [{train_indices.start}, {train_indices.stop}), "
+            f"D_val = [{val_indices.start}, {val_indices.stop}) (train_portion {train_portion})",
+        ],
+    )
+
+
+def _unlabeled_search_set(
+    source: str,
+    labeled: _LabeledSearchSets,
+    synthetic_spec: SyntheticSpec,
+    root: Path,
+    download: bool,
+    limit: int | None,
+    local_checksums: bool,
+) -> tuple[Dataset, str]:
+    """D_u from ``source`` and the line that describes it."""
+    size = labeled.image_size
+    if source == "train":
+        return (
+            WithoutLabels(labeled.train),
+            "D_u = the D_tr images, labels dropped (the released code's choice)",
+        )
+    if source == "synthetic":
+        if labeled.unlabeled_pool is not None:
+            unlabeled = _first_of(labeled.unlabeled_pool, limit)
+        else:
+            unlabeled = _unlabeled_synthetic(synthetic_spec, size, limit)
+        return unlabeled, f"D_u = synthetic pool, seed {synthetic_spec.seed}"
+    normalization = labeled.normalization or CIFAR_SPECS[source]
+    unlabeled = _unlabeled_cifar(
+        source, root, download, normalization, size, limit, local_checksums
+    )
+    return unlabeled, f"D_u = {source} training images, labels dropped"
+
+
 def build_search_data(
     dataset: str = "cifar100",
     unlabeled: str | None = None,
@@ -213,72 +322,15 @@ def build_search_data(
     unlabeled_source = _resolve_unlabeled(dataset, unlabeled)
     root = Path(root).expanduser()
     synthetic_spec = SyntheticSpec.from_mapping(synthetic)
-    details: list[str] = []
-
     if dataset == "synthetic":
-        synthetic_spec = synthetic_spec.with_image_size(image_size)
-        size = synthetic_spec.image_size
-        num_classes = synthetic_spec.num_classes
-        splits = make_synthetic(synthetic_spec)
-        augment = tensor_augmentation(size)
-        train_set = _first_of(
-            TensorImageDataset(splits.train.images, splits.train.targets, augment), limit
-        )
-        val_set = _first_of(
-            TensorImageDataset(splits.val.images, splits.val.targets, augment), limit
-        )
-        test_set = _first_of(splits.test, limit)
-        details.append(f"generated in memory, seed {synthetic_spec.seed}")
-        normalization = None
+        labeled = _synthetic_search_sets(synthetic_spec, image_size, limit)
     else:
-        spec = CIFAR_SPECS[dataset]
-        size = image_size or CIFAR_IMAGE_SIZE
-        num_classes = spec.num_classes
-        normalization = spec
-        transform = search_transform(spec.mean, spec.std, size)
-        full_train = load_cifar(
-            dataset,
-            root,
-            train=True,
-            transform=transform,
-            download=download,
-            local_checksums=local_checksums,
+        labeled = _cifar_search_sets(
+            dataset, root, download, image_size, train_portion, limit, local_checksums
         )
-        train_indices, val_indices = darts_split(len(full_train), train_portion)
-        train_indices, val_indices = first(train_indices, limit), first(val_indices, limit)
-        train_set = subset(full_train, train_indices)
-        val_set = subset(full_train, val_indices)
-        test = load_cifar(
-            dataset,
-            root,
-            train=False,
-            transform=inference_transform(spec.mean, spec.std, size),
-            download=download,
-            local_checksums=local_checksums,
-        )
-        test_set = _first_of(test, limit)
-        details.append(_source_line(full_train, dataset, root))
-        details.append(
-            f"D_tr = training images [{train_indices.start}, {train_indices.stop}), "
-            f"D_val = [{val_indices.start}, {val_indices.stop}) (train_portion {train_portion})"
-        )
-
-    if unlabeled_source == "train":
-        unlabeled_set: Dataset = WithoutLabels(train_set)
-        details.append("D_u = the D_tr images, labels dropped (the released code's choice)")
-    elif unlabeled_source == "synthetic":
-        if dataset == "synthetic":
-            pool = UnlabeledTensorDataset(splits.unlabeled.images, tensor_augmentation(size))
-            unlabeled_set = _first_of(pool, limit)
-        else:
-            unlabeled_set = _unlabeled_synthetic(synthetic_spec, size, limit)
-        details.append(f"D_u = synthetic pool, seed {synthetic_spec.seed}")
-    else:
-        other = CIFAR_SPECS[unlabeled_source]
-        unlabeled_set = _unlabeled_cifar(
-            unlabeled_source, root, download, normalization or other, size, limit, local_checksums
-        )
-        details.append(f"D_u = {unlabeled_source} training images, labels dropped")
+    unlabeled_set, unlabeled_line = _unlabeled_search_set(
+        unlabeled_source, labeled, synthetic_spec, root, download, limit, local_checksums
+    )
 
     def loader(data: Dataset, name: str, stream: int) -> DataLoader:
         generator = seeded_generator(seed, stream)
@@ -287,15 +339,58 @@ def build_search_data(
     return SearchData(
         dataset=dataset,
         unlabeled_source=unlabeled_source,
-        num_classes=num_classes,
-        image_size=size,
+        num_classes=labeled.num_classes,
+        image_size=labeled.image_size,
         batch_size=batch_size,
-        train=loader(train_set, "D_tr", _TRAIN_STREAM),
-        val=loader(val_set, "D_val", _VAL_STREAM),
+        train=loader(labeled.train, "D_tr", _TRAIN_STREAM),
+        val=loader(labeled.val, "D_val", _VAL_STREAM),
         unlabeled=loader(unlabeled_set, "D_u", _UNLABELED_STREAM),
-        test=test_set,
-        details=tuple(details),
+        test=labeled.test,
+        details=(*labeled.details, unlabeled_line),
     )
+
+
+def _synthetic_eval_sets(spec: SyntheticSpec, cutout_length: int):
+    """Training set (train and val splits together), test set, image size, classes, source."""
+    size = spec.image_size
+    splits = make_synthetic(spec)
+    train_set = ConcatDataset(
+        [
+            TensorImageDataset(part.images, part.targets, tensor_augmentation(size, cutout_length))
+            for part in (splits.train, splits.val)
+        ]
+    )
+    return train_set, splits.test, size, spec.num_classes, f"generated in memory, seed {spec.seed}"
+
+
+def _cifar_eval_sets(
+    dataset: str,
+    root: Path,
+    download: bool,
+    image_size: int | None,
+    cutout_length: int,
+    local_checksums: bool,
+):
+    """Training set, test set, image size, classes and source line of a CIFAR evaluation."""
+    cifar = CIFAR_SPECS[dataset]
+    size = image_size or CIFAR_IMAGE_SIZE
+    train_set = load_cifar(
+        dataset,
+        root,
+        train=True,
+        transform=eval_train_transform(cifar.mean, cifar.std, cutout_length, size),
+        download=download,
+        local_checksums=local_checksums,
+    )
+    test_set = load_cifar(
+        dataset,
+        root,
+        train=False,
+        transform=inference_transform(cifar.mean, cifar.std, size),
+        download=download,
+        local_checksums=local_checksums,
+    )
+    return train_set, test_set, size, cifar.num_classes, _source_line(train_set, dataset, root)
 
 
 def build_eval_data(
@@ -322,40 +417,14 @@ def build_eval_data(
     _check_dataset(dataset)
     root = Path(root).expanduser()
     length = cutout_length if cutout else 0
-    details: list[str] = []
     if dataset == "synthetic":
         spec = SyntheticSpec.from_mapping(synthetic).with_image_size(image_size)
-        size, num_classes = spec.image_size, spec.num_classes
-        splits = make_synthetic(spec)
-        train_set: Dataset = ConcatDataset(
-            [
-                TensorImageDataset(part.images, part.targets, tensor_augmentation(size, length))
-                for part in (splits.train, splits.val)
-            ]
-        )
-        test_set: Dataset = splits.test
-        details.append(f"generated in memory, seed {spec.seed}")
+        train_set, test_set, size, num_classes, source = _synthetic_eval_sets(spec, length)
     else:
-        cifar = CIFAR_SPECS[dataset]
-        size, num_classes = image_size or CIFAR_IMAGE_SIZE, cifar.num_classes
-        train_set = load_cifar(
-            dataset,
-            root,
-            train=True,
-            transform=eval_train_transform(cifar.mean, cifar.std, length, size),
-            download=download,
-            local_checksums=local_checksums,
+        train_set, test_set, size, num_classes, source = _cifar_eval_sets(
+            dataset, root, download, image_size, length, local_checksums
         )
-        test_set = load_cifar(
-            dataset,
-            root,
-            train=False,
-            transform=inference_transform(cifar.mean, cifar.std, size),
-            download=download,
-            local_checksums=local_checksums,
-        )
-        details.append(_source_line(train_set, dataset, root))
-    details.append(f"cutout {length}" if length else "no cutout")
+    details = [source, f"cutout {length}" if length else "no cutout"]
     train_set, test_set = _first_of(train_set, limit), _first_of(test_set, limit)
 
     train_loader = _training_loader(

@@ -12,7 +12,6 @@ one when its checkpoint is converted.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from sgl_betty.errors import RunFolderError
 from sgl_betty.tracking import RunFolder, load_torch_file, read_run_kind
+from sgl_betty.tracking.summaries import summary_kind
 from sgl_betty.tracking.torch_files import UnreadableFileError
 
 from .interruption import CHECKPOINT, upgrade_rng_state
@@ -150,7 +150,7 @@ def folder_kind(path: str | Path, *, trust: bool = False, writer: bool = True) -
     kind = read_run_kind(path)
     if kind is not None or not path.is_dir():
         return kind
-    kind = _summary_kind(path / "summary.json")
+    kind = summary_kind(path)
     if kind is None and (path / CHECKPOINT).is_file():
         kind = checkpoint_kind(_load_current(path, "the checkpoint", trust=trust, writer=writer))
     if kind is None and any(child.is_dir() for child in path.glob("seed-*")):
@@ -158,17 +158,3 @@ def folder_kind(path: str | Path, *, trust: bool = False, writer: bool = True) -
     if kind is not None and writer:
         RunFolder(path).write_run_file(kind)
     return kind
-
-
-def _summary_kind(file: Path) -> str | None:
-    if not file.is_file():
-        return None
-    try:
-        summary = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(summary, dict):
-        return None
-    if summary.get("kind") in ("eval", "seeds"):
-        return summary["kind"]
-    return "search" if isinstance(summary.get("genotypes"), list) else None

@@ -13,20 +13,23 @@ RNG states (also those at the start of the epoch, to replay its shuffle and augm
 partial sums, the length of metrics.jsonl. ``run_evaluation(cfg, resume=True)`` (the recipes'
 ``--stage eval --resume RUN_DIR``) continues from it to the weights and test error an
 uninterrupted run gets (bitwise on CPU). SIGINT/SIGTERM stop the run between two steps after a
-checkpoint (EvaluationInterrupted, exit 130 in the recipes).
+checkpoint (EvaluationInterrupted, exit 130 in the recipes). The folder, the checkpoint's
+writing and reading, the RNG states and the stop vote are the ``RunLifecycle``'s
+(``lifecycle.py``); ``EvaluationRun`` is the loop over the epochs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch.nn import Module
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
@@ -51,21 +54,24 @@ from sgl_betty.genotypes import Genotype, genotype_from_dict, genotype_to_dict
 from sgl_betty.params import count_parameters_m
 from sgl_betty.problems import NonFiniteError
 from sgl_betty.runtime import configure_backends
-from sgl_betty.tracking import RunFolder, Tracker, build_tracker
+from sgl_betty.tracking.summaries import (
+    EvalSummary,
+    SummaryMissing,
+    cost_label,
+    device_hours,
+    read_summary,
+)
 
-from .checkpoints import read_checkpoint, write_checkpoint
-from .config import ConfigError, batch_per_process, to_yaml
+from .config import ConfigError, batch_per_process
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
 from .interruption import (
     CHECKPOINT,
     RunInterrupted,
-    StopRequests,
-    StopVote,
     rng_state,
-    set_rng_state,
 )
+from .lifecycle import RunLifecycle, resume_command
 from .resources import out_of_memory
-from .run_dirs import claim_for_run, default_eval_dir, discarded_on_failed_start
+from .run_dirs import default_eval_dir
 from .search import (
     data_settings,
     data_settings_checked,
@@ -299,15 +305,8 @@ class EvaluationInterrupted(RunInterrupted):
     ``what`` is the message without the resume command."""
 
     def __init__(self, what: str, path: Path, world_size: int):
-        super().__init__(f"{what}; resume with: {resume_command(path, world_size)}")
+        super().__init__(f"{what}; resume with: {resume_command('eval', path, world_size)}")
         self.what = what
-
-
-def resume_command(path: Path, world_size: int) -> str:
-    command = f"--stage eval --resume {path}"
-    if world_size > 1:
-        command += f" (under torchrun with --nproc_per_node {world_size}, as before)"
-    return command
 
 
 @dataclass
@@ -332,37 +331,28 @@ def _choice_from_state(state: dict) -> GenotypeChoice:
 
 def finished_summary(path: Path, kind: str = "eval", what: str = "an evaluation") -> dict | None:
     """The summary.json of a finished run of ``kind`` in ``path``, None while it is unfinished."""
-    file = Path(path) / "summary.json"
-    if not file.is_file():
+    try:
+        summary = read_summary(path)
+    except SummaryMissing:
         return None
-    summary = json.loads(file.read_text())
-    if summary.get("kind") != kind:
+    if summary.kind != kind:
         raise ConfigError(
             f"cannot resume {path} as {what}: its summary.json is that of a finished "
-            f"{summary.get('kind', 'search')} run"
+            f"{summary.kind} run"
         )
-    return summary
+    return summary.to_dict()
 
 
-def read_eval_checkpoint(
-    path: Path, context: DistributedContext, trust: bool = False
-) -> dict | None:
-    """The evaluation checkpoint in ``path``; None when the run stopped before its first (at
+def read_eval_checkpoint(lifecycle: RunLifecycle) -> dict | None:
+    """The evaluation checkpoint in ``run.dir``; None when the run stopped before its first (at
     the end of its first epoch or after checkpoint.every_steps steps): it starts again."""
-    file = path / CHECKPOINT
-    if not file.is_file():
-        if context.is_main:
-            print(
-                f"note: {path} has no checkpoint yet (the evaluation stopped before its first "
-                "one); it starts again from its first step",
-                file=sys.stderr,
-            )
-        return None
-    state = read_checkpoint(path, "eval", trust=trust, writer=context.is_main)
-    if state["world_size"] != context.world_size:
+    state = lifecycle.load_checkpoint()
+    world_size = lifecycle.context.world_size
+    if state is not None and state["world_size"] != world_size:
+        file = Path(lifecycle.cfg.run.dir) / CHECKPOINT
         raise ConfigError(
             f"{file} was written by {state['world_size']} process(es), and this run has "
-            f"{context.world_size}: each process's data shard and random streams are in it; "
+            f"{world_size}: each process's data shard and random streams are in it; "
             f"resume with torchrun --nproc_per_node {state['world_size']}"
             if state["world_size"] > 1
             else f"{file} was written by a single process; resume it without torchrun"
@@ -394,26 +384,58 @@ def run_evaluation(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool
     """
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
+    lifecycle = RunLifecycle(
+        cfg,
+        "eval",
+        context,
+        line_files=LINE_FILES,
+        resume=resume,
+        trust_checkpoint=trust_checkpoint,
+        keep_checkpoint=False,
+    )
     saved = None
     if resume:
         path = Path(cfg.run.dir)
         summary = finished_summary(path)
         if summary is not None:
             return _already_finished(cfg, summary, path, context)
-        saved = read_eval_checkpoint(path, context, trust_checkpoint)
-    if saved is not None:
-        choice = _choice_from_state(saved["genotype"])
-        if saved["position"]["epoch"] > cfg.eval.epochs:
-            raise ConfigError(
-                f"eval.epochs={cfg.eval.epochs}, but the run in {cfg.run.dir} has trained "
-                f"{saved['position']['epoch']} epochs already; eval.epochs can only grow on a resume"
-            )
-    else:
-        choice = resolve_eval_genotype(cfg.eval.genotype)
-    device = context.device
-    configure_backends(device, cfg.eval.deterministic)
-
+        saved = read_eval_checkpoint(lifecycle)
+    choice = _genotype_to_train(cfg, saved)
+    configure_backends(context.device, cfg.eval.deterministic)
     seed_everything(cfg.seed)
+    run = build_evaluation(cfg, choice, lifecycle, saved)
+    lifecycle.open_folder(default_eval_dir(cfg, choice.label), saved)
+    run.restore(saved)
+    lifecycle.start_tracker(OmegaConf.to_container(cfg, resolve=True))
+    run.announce(resuming=saved is not None)
+    lifecycle.start_clock(saved)
+    training = out_of_memory("training the evaluation network", f"eval.batch_size, {NETWORK_SIZE}")
+    with lifecycle.first_steps(), lifecycle.stop_requests(), training:
+        run.train(saved)
+    summary = lifecycle.finish(run.summary(lifecycle.elapsed()))
+    if context.is_main:
+        print_eval_summary(summary, lifecycle.folder.path)
+    context.barrier()
+    return summary.to_dict()
+
+
+def _genotype_to_train(cfg: DictConfig, saved: dict | None) -> GenotypeChoice:
+    """The checkpoint's genotype on a resume, else the one ``eval.genotype`` names."""
+    if saved is None:
+        return resolve_eval_genotype(cfg.eval.genotype)
+    if saved["position"]["epoch"] > cfg.eval.epochs:
+        raise ConfigError(
+            f"eval.epochs={cfg.eval.epochs}, but the run in {cfg.run.dir} has trained "
+            f"{saved['position']['epoch']} epochs already; eval.epochs can only grow on a resume"
+        )
+    return _choice_from_state(saved["genotype"])
+
+
+def build_evaluation(
+    cfg: DictConfig, choice: GenotypeChoice, lifecycle: RunLifecycle, saved: dict | None
+) -> EvaluationRun:
+    """The data, the network of ``choice`` (the checkpoint's, when ``saved``) and its trainer."""
+    context = lifecycle.context
     datasets = build_eval_datasets(cfg, cfg.eval.batch_size // context.world_size)
     spec = network_spec(cfg, choice.genotype, datasets.num_classes)
     if saved is not None and saved["network"] != dataclasses.asdict(spec):
@@ -434,225 +456,226 @@ def run_evaluation(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool
     train_loader, test_loader = build_loaders(datasets, cfg, context)
     settings = training_settings(cfg)
     trainer = EvalTrainer(network, settings, context)
+    return EvaluationRun(
+        cfg=cfg,
+        lifecycle=lifecycle,
+        choice=choice,
+        description=datasets.description,
+        spec=spec,
+        network=network,
+        params_m=params_m,
+        settings=settings,
+        trainer=trainer,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        steps_per_epoch=trainer.steps_in_epoch(train_loader),
+    )
 
-    if resume:
-        folder = RunFolder(cfg.run.dir, enabled=context.is_main)
-        folder.remove_stale_temporaries()
-    else:
-        folder = claim_for_run(cfg, "eval", context, default_eval_dir(cfg, choice.label))
-    # On a resume: with the overrides that apply (logging, checkpoints, device, epochs).
-    folder.write_text("config.yaml", to_yaml(cfg))
-    progress = _Progress()
-    resume_at = None  # the checkpoint's position inside an epoch
-    if saved is None:
-        folder.truncate_line_files(dict.fromkeys(LINE_FILES, 0))
-    else:
-        folder.truncate_line_files(saved["line_files"])
-        trainer.load_state_dict(saved["trainer"])
-        position = saved["position"]
-        progress.epoch = position["epoch"]
+
+@dataclass
+class EpochStart:
+    """Where an epoch's training starts: its batches (after the steps a resumed run took
+    already), the partial sums, the RNG states at the start of the epoch (to replay its
+    shuffle and augmentations) and its clock."""
+
+    batches: Iterator | None
+    sums: EpochSums
+    rng: dict
+    tick: float
+
+
+@dataclass
+class EvaluationRun:
+    """One evaluation's network, data and trainer, and the loop over its epochs."""
+
+    cfg: DictConfig
+    lifecycle: RunLifecycle
+    choice: GenotypeChoice
+    description: str
+    spec: NetworkSpec
+    network: Module
+    params_m: float
+    settings: TrainingSettings
+    trainer: EvalTrainer
+    train_loader: DataLoader
+    test_loader: DataLoader
+    steps_per_epoch: int
+    progress: _Progress = field(default_factory=_Progress)
+    epochs: tqdm | None = None
+
+    @property
+    def context(self) -> DistributedContext:
+        return self.lifecycle.context
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings.epochs * self.steps_per_epoch
+
+    def restore(self, saved: dict | None) -> None:
+        """The trainer and the progress where ``saved`` left them."""
+        if saved is None:
+            return
+        self.trainer.load_state_dict(saved["trainer"])
+        self.progress.epoch = saved["position"]["epoch"]
         if saved["results"] is not None:
-            progress.train_result = EpochResult(**saved["results"]["train"])
-            progress.test_result = TestResult(**saved["results"]["test"])
-        if position["step"]:
-            resume_at = position
-    tracker = build_tracker(cfg, folder) if context.is_main else Tracker()
-    tracker.start(OmegaConf.to_container(cfg, resolve=True), kind="eval")
-    quiet = not (cfg.run.progress and context.is_main)
-    if not quiet:
-        tqdm.write(
-            f"run folder: {folder.path}\n{datasets.description}\n"
-            f"genotype {choice.source}: {spec.kind} network, {spec.layers} cells, "
-            f"C={spec.init_channels}, {params_m:.2f} M parameters, {context.world_size} process(es)"
-            + (f"\nresuming at epoch {progress.epoch}" if saved is not None else "")
+            self.progress.train_result = EpochResult(**saved["results"]["train"])
+            self.progress.test_result = TestResult(**saved["results"]["test"])
+
+    def announce(self, resuming: bool) -> None:
+        """The run's description on rank 0 (with run.progress), and the epochs' progress bar."""
+        quiet = not (self.cfg.run.progress and self.context.is_main)
+        if not quiet:
+            spec = self.spec
+            tqdm.write(
+                f"run folder: {self.lifecycle.folder.path}\n{self.description}\n"
+                f"genotype {self.choice.source}: {spec.kind} network, {spec.layers} cells, "
+                f"C={spec.init_channels}, {self.params_m:.2f} M parameters, "
+                f"{self.context.world_size} process(es)"
+                + (f"\nresuming at epoch {self.progress.epoch}" if resuming else "")
+            )
+        self.epochs = tqdm(
+            range(self.progress.epoch, self.settings.epochs),
+            desc="epochs",
+            disable=quiet,
+            initial=self.progress.epoch,
+            total=self.settings.epochs,
         )
 
-    started = time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0)
-    steps_per_epoch = trainer.steps_in_epoch(train_loader)
-    total_steps = settings.epochs * steps_per_epoch
-    every = cfg.checkpoint.every_steps
-    checkpoint_state = {
-        "genotype": _choice_state(choice),
-        "network": dataclasses.asdict(spec),
-    }
-
-    def checkpoint(sums: EpochSums | None = None, epoch_rng=None, epoch_started=0.0) -> None:
-        _save_eval_checkpoint(
-            folder,
-            trainer,
-            context,
-            progress,
-            checkpoint_state,
-            elapsed=time.perf_counter() - started,
-            sums=sums,
-            epoch_rng=epoch_rng,
-            epoch_seconds=time.perf_counter() - epoch_started,
-        )
-
-    epochs = tqdm(
-        range(progress.epoch, settings.epochs),
-        desc="epochs",
-        disable=quiet,
-        initial=progress.epoch,
-        total=settings.epochs,
-    )
-    training = out_of_memory("training the evaluation network", f"eval.batch_size, {NETWORK_SIZE}")
-    with discarded_on_failed_start(folder, claimed=not resume), StopRequests() as stop, training:
-        wants_stop = StopVote(context, stop)
-        if saved is not None and resume_at is None:
+    def train(self, saved: dict | None) -> None:
+        """Every epoch from the progress on (inside an epoch when ``saved`` was taken there)."""
+        inside = saved if saved is not None and saved["position"]["step"] else None
+        if saved is not None and inside is None:
             # At the start of an epoch: the RNGs continue from the checkpoint (inside an epoch,
-            # after the replay below).
-            set_rng_state(saved["rng"][context.rank])
-
-        def stopped(step: int) -> EvaluationInterrupted:
-            signal = stop.received if stop.received is not None else "on another process"
-            return EvaluationInterrupted(
-                f"evaluation stopped by signal {signal} after step {step} of {total_steps} "
-                f"(epoch {progress.epoch})",
-                folder.path,
-                context.world_size,
+            # after the replay in ``start_epoch``).
+            self.lifecycle.restore_rng(saved)
+        for epoch in self.epochs:
+            self.trainer.start_epoch(epoch, self.train_loader)
+            start = self.start_epoch(inside)
+            inside = None
+            self.trainer.train_batches(
+                start.batches,
+                start.sums,
+                self.steps_per_epoch,
+                functools.partial(self.after_step, epoch=epoch, start=start),
             )
+            start.batches = None  # its workers end here
+            self.end_epoch(epoch, start)
 
-        for epoch in epochs:
-            trainer.start_epoch(epoch, train_loader)
-            if resume_at is not None:
-                # Replay the shuffle and the augmentations of the steps already taken (the
-                # loader's workers draw their seeds from this state), then continue the RNGs
-                # from the checkpoint.
-                epoch_rng = resume_at["epoch_rng"][context.rank]
-                set_rng_state(epoch_rng)
-                batches = iter(train_loader)
-                for _ in range(resume_at["step"]):
-                    next(batches)
-                set_rng_state(saved["rng"][context.rank])
-                sums = EpochSums.from_dict(resume_at["sums"][context.rank], device)
-                tick = time.perf_counter() - resume_at["epoch_seconds"]
-                resume_at = saved = None
-            else:
-                epoch_rng = rng_state()
-                batches = iter(train_loader)
-                sums = EpochSums(device)
-                tick = time.perf_counter()
-
-            def after_step(sums: EpochSums, epoch=epoch, epoch_rng=epoch_rng, tick=tick) -> None:
-                if sums.steps == steps_per_epoch:  # the end of the epoch checkpoints
-                    return
-                step = epoch * steps_per_epoch + sums.steps
-                periodic = bool(every) and step % every == 0
-                if periodic:
-                    checkpoint(sums, epoch_rng, tick)
-                if wants_stop():
-                    if not periodic:
-                        checkpoint(sums, epoch_rng, tick)
-                    epochs.close()
-                    raise stopped(step)
-
-            trainer.train_batches(batches, sums, steps_per_epoch, after_step)
-            del batches  # its workers end here
-            train_result = trainer.finish_epoch(sums)
-            if not math.isfinite(train_result.loss):
-                raise NonFiniteError(
-                    f"evaluation training loss is {train_result.loss} in epoch {epoch} "
-                    f"(genotype {choice.source}); lower eval.lr or keep eval.grad_clip > 0"
-                )
-            test_result = trainer.test(test_loader)
-            row = {
-                "epoch": epoch,
-                "lr": settings.learning_rate(epoch),
-                "drop_path_prob": settings.drop_path_at(epoch),
-                "train_loss": train_result.loss,
-                "train_acc": train_result.accuracy,
-                "test_loss": test_result.loss,
-                "test_acc": test_result.top1,
-                "test_top5_acc": test_result.top5,
-                "seconds": time.perf_counter() - tick,
-            }
-            folder.append_jsonl("metrics.jsonl", row)
-            tracker.log_metrics(row, epoch)
-            folder.save_torch(
-                "model.pt",
-                trained_network_payload(
-                    spec, network, epoch=epoch + 1, genotype_source=choice.source
-                ),
+    def start_epoch(self, saved: dict | None) -> EpochStart:
+        """This epoch's batches and sums; with ``saved`` (a checkpoint inside the epoch) the
+        shuffle and the augmentations of the steps already taken are replayed (the loader's
+        workers draw their seeds from the epoch's RNG state), then the RNGs continue from the
+        checkpoint."""
+        if saved is None:
+            rng = rng_state()
+            return EpochStart(
+                iter(self.train_loader), EpochSums(self.context.device), rng, time.perf_counter()
             )
-            progress.epoch = epoch + 1
-            progress.train_result, progress.test_result = train_result, test_result
-            checkpoint()
-            if progress.epoch < settings.epochs and wants_stop():
-                epochs.close()
-                raise stopped(progress.epoch * steps_per_epoch)
-    wall_seconds = time.perf_counter() - started
+        position, rank = saved["position"], self.context.rank
+        self.lifecycle.restore_rng(position, key="epoch_rng")
+        batches = iter(self.train_loader)
+        for _ in range(position["step"]):
+            next(batches)
+        self.lifecycle.restore_rng(saved)
+        sums = EpochSums.from_dict(position["sums"][rank], self.context.device)
+        tick = time.perf_counter() - position["epoch_seconds"]
+        return EpochStart(batches, sums, position["epoch_rng"][rank], tick)
 
-    checksums = context.gather(weights_checksum(network))
-    summary = evaluation_summary(
-        cfg,
-        choice,
-        context,
-        params_m,
-        progress.train_result,
-        progress.test_result,
-        wall_seconds,
-        checksums,
-    )
-    folder.write_json("summary.json", summary)
-    # Finished: summary.json and model.pt say all the checkpoint would.
-    if folder.enabled:
-        folder.file(CHECKPOINT).unlink(missing_ok=True)
-    tracker.finish(summary)
-    if context.is_main:
-        print_eval_summary(summary, folder.path)
-    context.barrier()
-    return summary
+    def after_step(self, sums: EpochSums, *, epoch: int, start: EpochStart) -> None:
+        """A checkpoint every checkpoint.every_steps steps, and a stop when a signal asks."""
+        if sums.steps == self.steps_per_epoch:  # the end of the epoch checkpoints
+            return
+        step = epoch * self.steps_per_epoch + sums.steps
+        every = self.cfg.checkpoint.every_steps
+        periodic = bool(every) and step % every == 0
+        if periodic:
+            self.save_checkpoint(sums, start)
+        if self.lifecycle.should_stop():
+            if not periodic:
+                self.save_checkpoint(sums, start)
+            raise self.stopped(step)
 
-
-def _save_eval_checkpoint(
-    folder: RunFolder,
-    trainer: EvalTrainer,
-    context: DistributedContext,
-    progress: _Progress,
-    fixed: dict,
-    *,
-    elapsed: float,
-    sums: EpochSums | None,
-    epoch_rng,
-    epoch_seconds: float,
-) -> None:
-    """Atomically replace checkpoint.pt (rank 0 writes; every rank's RNG states are in it).
-
-    With ``sums`` the run is inside epoch ``progress.epoch``, ``sums.steps`` steps in; without,
-    at the start of epoch ``progress.epoch``.
-    """
-    rng = context.gather(rng_state())
-    position = {"epoch": progress.epoch, "step": 0}
-    if sums is not None:
-        position.update(
-            step=sums.steps,
-            sums=context.gather(sums.to_dict()),
-            epoch_rng=context.gather(epoch_rng),
-            epoch_seconds=epoch_seconds,
-        )
-    results = None
-    if progress.train_result is not None:
-        results = {
-            "train": dataclasses.asdict(progress.train_result),
-            "test": dataclasses.asdict(progress.test_result),
+    def end_epoch(self, epoch: int, start: EpochStart) -> None:
+        """The epoch's results: a metrics row, model.pt, a checkpoint; a stop when asked."""
+        train_result = self.trainer.finish_epoch(start.sums)
+        if not math.isfinite(train_result.loss):
+            raise NonFiniteError(
+                f"evaluation training loss is {train_result.loss} in epoch {epoch} "
+                f"(genotype {self.choice.source}); lower eval.lr or keep eval.grad_clip > 0"
+            )
+        test_result = self.trainer.test(self.test_loader)
+        row = {
+            "epoch": epoch,
+            "lr": self.settings.learning_rate(epoch),
+            "drop_path_prob": self.settings.drop_path_at(epoch),
+            "train_loss": train_result.loss,
+            "train_acc": train_result.accuracy,
+            "test_loss": test_result.loss,
+            "test_acc": test_result.top1,
+            "test_top5_acc": test_result.top5,
+            "seconds": time.perf_counter() - start.tick,
         }
-    if not folder.enabled:
-        return
-    write_checkpoint(
-        folder,
-        "eval",
-        {
-            **fixed,
-            "world_size": context.world_size,
-            "trainer": trainer.state_dict(),
-            "position": position,
-            "rng": rng,
-            "results": results,
-            "line_files": folder.line_file_sizes(LINE_FILES),
-            "elapsed_seconds": elapsed,
-        },
-    )
+        folder = self.lifecycle.folder
+        folder.append_jsonl("metrics.jsonl", row)
+        self.lifecycle.tracker.log_metrics(row, epoch)
+        payload = trained_network_payload(
+            self.spec, self.network, epoch=epoch + 1, genotype_source=self.choice.source
+        )
+        folder.save_torch("model.pt", payload)
+        self.progress.epoch = epoch + 1
+        self.progress.train_result, self.progress.test_result = train_result, test_result
+        self.save_checkpoint()
+        if self.progress.epoch < self.settings.epochs and self.lifecycle.should_stop():
+            raise self.stopped(self.progress.epoch * self.steps_per_epoch)
+
+    def stopped(self, step: int) -> EvaluationInterrupted:
+        self.epochs.close()
+        where = f"step {step} of {self.total_steps} (epoch {self.progress.epoch})"
+        return EvaluationInterrupted(
+            self.lifecycle.stop_message(where), self.lifecycle.folder.path, self.context.world_size
+        )
+
+    def save_checkpoint(self, sums: EpochSums | None = None, start: EpochStart | None = None):
+        """checkpoint.pt: with ``sums`` inside epoch ``progress.epoch``, ``sums.steps`` steps
+        in (``start``: where that epoch started); without, at the start of that epoch."""
+        context, progress = self.context, self.progress
+        position = {"epoch": progress.epoch, "step": 0}
+        if sums is not None:
+            position.update(
+                step=sums.steps,
+                sums=context.gather(sums.to_dict()),
+                epoch_rng=context.gather(start.rng),
+                epoch_seconds=time.perf_counter() - start.tick,
+            )
+        results = None
+        if progress.train_result is not None:
+            results = {
+                "train": dataclasses.asdict(progress.train_result),
+                "test": dataclasses.asdict(progress.test_result),
+            }
+        self.lifecycle.save_checkpoint(
+            {
+                "genotype": _choice_state(self.choice),
+                "network": dataclasses.asdict(self.spec),
+                "world_size": context.world_size,
+                "trainer": self.trainer.state_dict(),
+                "position": position,
+                "results": results,
+            }
+        )
+
+    def summary(self, wall_seconds: float) -> EvalSummary:
+        checksums = self.context.gather(weights_checksum(self.network))
+        return evaluation_summary(
+            self.cfg,
+            self.choice,
+            self.context,
+            self.params_m,
+            self.progress.train_result,
+            self.progress.test_result,
+            wall_seconds,
+            checksums,
+        )
 
 
 def evaluation_summary(
@@ -664,52 +687,43 @@ def evaluation_summary(
     test_result,
     wall_seconds: float,
     checksums: list[str],
-) -> dict:
+) -> EvalSummary:
     device = context.device
-    # Device-hours: every process holds its own device for the whole run.
-    hours = wall_seconds * context.world_size / 3600
-    summary = {
-        "kind": "eval",
-        "dataset": eval_dataset(cfg),
-        "genotype_source": choice.source,
-        "genotype": genotype_to_dict(choice.genotype),
-        "seed": cfg.seed,
-        "epochs": cfg.eval.epochs,
-        "layers": cfg.eval.layers,
-        "init_channels": cfg.eval.init_channels,
-        "params_m": params_m,
-        "test_error": test_result.error_percent,
-        "test_top5_error": 100.0 * (1.0 - test_result.top5),
-        "test_acc": test_result.top1,
-        "test_images": test_result.examples,
-        "train_loss": train_result.loss,
-        "train_acc": train_result.accuracy,
-        "wall_seconds": wall_seconds,
-        "world_size": context.world_size,
-        "global_batch_size": cfg.eval.batch_size,
-        "per_rank_batch_size": cfg.eval.batch_size // context.world_size,
-        "device": device.type,
-        "machine": machine_description(device),
-        "gpu_hours" if device.type == "cuda" else "cpu_hours": hours,
-        "weight_checksums": checksums,
-    }
-    if choice.learner is not None:
-        summary["learner"] = choice.learner
-        summary["search_val_acc"] = choice.search_val_acc
-    return summary
+    return EvalSummary(
+        dataset=eval_dataset(cfg),
+        genotype_source=choice.source,
+        genotype=genotype_to_dict(choice.genotype),
+        seed=cfg.seed,
+        epochs=cfg.eval.epochs,
+        layers=cfg.eval.layers,
+        init_channels=cfg.eval.init_channels,
+        params_m=params_m,
+        test_error=test_result.error_percent,
+        test_top5_error=100.0 * (1.0 - test_result.top5),
+        test_acc=test_result.top1,
+        test_images=test_result.examples,
+        train_loss=train_result.loss,
+        train_acc=train_result.accuracy,
+        wall_seconds=wall_seconds,
+        world_size=context.world_size,
+        global_batch_size=cfg.eval.batch_size,
+        per_rank_batch_size=cfg.eval.batch_size // context.world_size,
+        device=device.type,
+        machine=machine_description(device),
+        device_hours=device_hours(wall_seconds, context.world_size),
+        device_type=device.type,
+        weight_checksums=checksums,
+        learner=choice.learner,
+        search_val_acc=choice.search_val_acc,
+    )
 
 
-def cost_key(summary: dict) -> str:
-    return "gpu_hours" if "gpu_hours" in summary else "cpu_hours"
-
-
-def print_eval_summary(summary: dict, path: Path) -> None:
-    key = cost_key(summary)
+def print_eval_summary(summary: EvalSummary, path: Path) -> None:
     print(
-        f"evaluation finished: genotype {summary['genotype_source']} on {summary['dataset']}, "
-        f"{summary['layers']} cells, C={summary['init_channels']}, {summary['epochs']} epochs\n"
-        f"  test error {summary['test_error']:.2f}% ({summary['test_images']} test images), "
-        f"params {summary['params_m']:.2f} M, {summary[key]:.4f} {key.replace('_', '-')} "
-        f"({summary['world_size']} x {summary['machine']})\n"
+        f"evaluation finished: genotype {summary.genotype_source} on {summary.dataset}, "
+        f"{summary.layers} cells, C={summary.init_channels}, {summary.epochs} epochs\n"
+        f"  test error {summary.test_error:.2f}% ({summary.test_images} test images), "
+        f"params {summary.params_m:.2f} M, {summary.device_hours:.4f} "
+        f"{cost_label(summary.device_type)} ({summary.world_size} x {summary.machine})\n"
         f"run folder: {path}"
     )

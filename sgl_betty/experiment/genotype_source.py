@@ -7,12 +7,19 @@ the learner with the highest search validation accuracy.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from sgl_betty.genotypes import PUBLISHED, Genotype, genotype_from_dict, validate_genotype
+from sgl_betty.tracking.summaries import (
+    SUMMARY_FILE,
+    SearchSummary,
+    SummaryError,
+    SummaryMissing,
+    SummaryUnreadable,
+    read_summary,
+)
 
 from .config import ConfigError
 
@@ -33,21 +40,23 @@ class GenotypeChoice:
     search_val_acc: float | None = None
 
 
-def read_search_summary(folder: str | Path) -> dict:
+def read_search_summary(folder: str | Path) -> SearchSummary:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"search run folder {str(folder)!r} does not exist; {USAGE}")
-    path = folder / "summary.json"
-    if not path.is_file():
+    path = folder / SUMMARY_FILE
+    try:
+        summary = read_summary(folder)
+    except SummaryMissing:
         raise ConfigError(
             f"{folder} has no summary.json: the search there has not finished (a search writes it "
             "at its end); let it finish, or pick a finished search run folder"
-        )
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}); rerun the search") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("genotypes"), list):
+        ) from None
+    except SummaryUnreadable as error:
+        raise ConfigError(f"{path} is not valid JSON ({error.reason}); rerun the search") from None
+    except SummaryError:
+        summary = None
+    if not isinstance(summary, SearchSummary):
         raise ConfigError(
             f"{path} has no 'genotypes' list: it is not the summary of a search run "
             "(an evaluation run folder cannot be a genotype source)"
@@ -55,21 +64,23 @@ def read_search_summary(folder: str | Path) -> dict:
     return summary
 
 
-def best_learner(summary: dict) -> int:
+def best_learner(summary: dict | SearchSummary) -> int:
     """The learner with the highest search validation accuracy (the first of equals)."""
-    accuracies = summary.get("val_acc") or []
+    if isinstance(summary, dict):
+        summary = SearchSummary.from_dict(summary)
+    accuracies = summary.val_acc or []
 
     def score(index: int) -> float:
         value = accuracies[index] if index < len(accuracies) else None
         return value if isinstance(value, int | float) and math.isfinite(value) else -math.inf
 
-    return max(range(len(summary["genotypes"])), key=score)
+    return max(range(len(summary.genotypes)), key=score)
 
 
 def genotype_of_learner(folder: str | Path, learner: int | None = None) -> GenotypeChoice:
     folder = Path(folder)
     summary = read_search_summary(folder)
-    count = len(summary["genotypes"])
+    count = len(summary.genotypes)
     if count == 0:
         raise ConfigError(f"{folder / 'summary.json'} lists no genotypes; rerun the search")
     if learner is None:
@@ -81,14 +92,14 @@ def genotype_of_learner(folder: str | Path, learner: int | None = None) -> Genot
             + (f" .. {folder}:{count - 1}" if count > 1 else "")
         )
     try:
-        genotype = genotype_from_dict(summary["genotypes"][learner])
+        genotype = genotype_from_dict(summary.genotypes[learner])
         # A search with search.steps intermediate nodes keeps 2 edges per node.
         validate_genotype(genotype, steps=len(genotype.normal) // 2)
     except (ValueError, TypeError) as error:
         raise ConfigError(
             f"the genotype of learner {learner} in {folder / 'summary.json'} is malformed: {error}"
         ) from None
-    accuracies = summary.get("val_acc") or []
+    accuracies = summary.val_acc or []
     return GenotypeChoice(
         genotype=genotype,
         source=f"{folder}:{learner}",

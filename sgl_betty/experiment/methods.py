@@ -1,22 +1,27 @@
 """Search methods by name: each builds one learner's architecture and its V and W networks.
 
 A method is looked up in ``SEARCH_METHODS`` (the ``search.method`` config field); a new one
-registers a builder with ``@register_method("name")``. The paper composes SGL with four:
-``darts``, ``pc_darts``, ``darts_minus`` and ``p_darts``.
+registers a builder with ``@register_method("name")`` (a name taken already is refused unless
+``replace=True``). The paper composes SGL with four: ``darts``, ``pc_darts``, ``darts_minus``
+here and ``p_darts`` in ``p_darts_method``.
 
-A search runs in stages (``search_stages``), each with fresh learners (``stage_learners``):
-one stage for most methods, P-DARTS's progressive stages for ``p_darts``.
+A search runs in stages (``search_stages``), each with fresh learners (``stage_learners``). A
+method's builder says how: a plain builder is one stage over the whole search; a builder that
+is a ``MethodStaging`` (P-DARTS's) plans several stages, builds each stage's learners and
+decides at the end of a stage what the next one starts from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from sgl_betty.errors import ConfigError
 from sgl_betty.learner import Learner
 from sgl_betty.search_space import (
     AUXILIARY_SKIP_DECAYS,
@@ -24,15 +29,8 @@ from sgl_betty.search_space import (
     DartsMinusSearchNetwork,
     PCDartsArchitecture,
     PCDartsSearchNetwork,
-    PDartsArchitecture,
-    PDartsPlan,
-    PDartsSearchNetwork,
-    PDartsStage,
     SearchNetwork,
 )
-from sgl_betty.search_space.p_darts import PerEdgePrimitives
-
-from .config import ConfigError
 
 
 @dataclass
@@ -48,18 +46,100 @@ MethodBuilder = Callable[[DictConfig, int, bool], LearnerModules]
 StepHook = Callable[[list[Learner], float], None]
 
 
+@dataclass(frozen=True)
+class SearchStage:
+    """A stretch of the search with fresh learners (networks, architectures, optimizers and
+    cosine schedules): the whole search for most methods, one of P-DARTS's stages for p_darts.
+    The step hook sees the progress through the current stage."""
+
+    index: int
+    epochs: int
+    arch_warmup_epochs: int
+    first_epoch: int  # the epochs of the stages before this one
+    is_last: bool = True
+    plan: Any = None  # the method's own description of the stage (P-DARTS: a PDartsStage)
+
+    @property
+    def p_darts(self) -> Any:
+        """The stage's PDartsStage under p_darts, None under the other methods (``plan``)."""
+        return self.plan
+
+
+@dataclass
+class StageEnd:
+    """What a stage leaves: a record for stages.json (None: the method keeps none) and, unless
+    it was the last stage, each learner's state for the next one (saved in checkpoints)."""
+
+    record: dict | None = None
+    next_state: list | None = None
+
+
+class MethodStaging:
+    """How a method's search runs in stages; the default: one stage, the method's builder.
+
+    ``state``: per learner what its next stage starts from (P-DARTS: its op subsets), None
+    in the first stage; plain data, as it goes into checkpoints."""
+
+    # Whether the run records its stages (the "stage" of every metrics and genotypes row,
+    # stages.json, architecture-stage<i>.pt).
+    staged = False
+
+    def stages(self, cfg: DictConfig) -> list[SearchStage]:
+        search = cfg.search
+        return [SearchStage(0, search.epochs, search.arch_warmup_epochs, first_epoch=0)]
+
+    def stage_modules(
+        self, cfg: DictConfig, num_classes: int, stage: SearchStage, state: list | None
+    ) -> list[LearnerModules] | None:
+        """Each learner's modules in ``stage``; None: the method's builder makes them."""
+        return None
+
+    def end_stage(
+        self,
+        stage: SearchStage,
+        learners: list[Learner],
+        val_acc: list[float],
+        steps: int,
+        architecture_file: str,
+        agree: Callable[[Any], Any],
+    ) -> StageEnd:
+        """After ``stage`` (``steps`` steps; the architectures are in ``architecture_file``):
+        its record and the next stage's state. ``agree(value)`` is rank 0's ``value`` on
+        every process."""
+        return StageEnd()
+
+
+SINGLE_STAGE = MethodStaging()
+
+
 @dataclass
 class SearchMethod:
     name: str
     build: MethodBuilder
     on_step: StepHook | None = None
 
+    @property
+    def staging(self) -> MethodStaging:
+        # A staged method's builder is its staging (it builds the first stage's modules), so
+        # that a method rebuilt from its builder keeps its stages.
+        return self.build if isinstance(self.build, MethodStaging) else SINGLE_STAGE
+
 
 SEARCH_METHODS: dict[str, SearchMethod] = {}
 
 
-def register_method(name: str, on_step: StepHook | None = None):
+def register_method(name: str, on_step: StepHook | None = None, *, replace: bool = False):
+    """Register the decorated builder as search method ``name``; a name that is taken already
+    is refused (ValueError) unless ``replace=True`` says that replacing it is meant."""
+
     def decorate(builder: MethodBuilder) -> MethodBuilder:
+        if name in SEARCH_METHODS and not replace:
+            taken = SEARCH_METHODS[name].build
+            raise ValueError(
+                f"search method {name!r} is registered already (by "
+                f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', taken)}); "
+                f"register yours under another name, or pass replace=True to replace it"
+            )
         SEARCH_METHODS[name] = SearchMethod(name, builder, on_step)
         return builder
 
@@ -75,7 +155,7 @@ def set_search_progress(learners: list[Learner], progress: float) -> None:
                 net.set_search_progress(progress)
 
 
-def _learner_modules(arch: nn.Module, network: Callable[[], nn.Module], with_v: bool):
+def learner_modules(arch: nn.Module, network: Callable[[], nn.Module], with_v: bool):
     # The architecture first, then V, then W: the order the random initialisations are drawn in.
     return LearnerModules(arch, network() if with_v else None, network())
 
@@ -95,7 +175,7 @@ def darts_modules(cfg: DictConfig, num_classes: int, with_v: bool) -> LearnerMod
         )
 
     arch = Architecture(steps=search.steps, multiplier=search.steps)
-    return _learner_modules(arch, network, with_v)
+    return learner_modules(arch, network, with_v)
 
 
 @register_method("pc_darts")
@@ -120,7 +200,7 @@ def pc_darts_modules(cfg: DictConfig, num_classes: int, with_v: bool) -> Learner
         )
 
     arch = PCDartsArchitecture(steps=search.steps, multiplier=search.steps)
-    return _learner_modules(arch, network, with_v)
+    return learner_modules(arch, network, with_v)
 
 
 @register_method("darts_minus", on_step=set_search_progress)
@@ -144,113 +224,12 @@ def darts_minus_modules(cfg: DictConfig, num_classes: int, with_v: bool) -> Lear
 
     # The auxiliary skip has no architecture parameter: DARTS's architecture and genotype.
     arch = Architecture(steps=search.steps, multiplier=search.steps)
-    return _learner_modules(arch, network, with_v)
-
-
-def p_darts_plan(cfg: DictConfig) -> PDartsPlan:
-    """The P-DARTS stages the config describes (ConfigError naming an inconsistent setting)."""
-    search = cfg.search
-    try:
-        return PDartsPlan.build(
-            layers=search.layers,
-            add_layers=list(search.pdarts_add_layers),
-            ops_kept=list(search.pdarts_ops_kept),
-            skip_dropout=list(search.pdarts_skip_dropout),
-            epochs=search.epochs,
-            arch_frozen_epochs=search.arch_warmup_epochs,
-            dropout_decay=search.pdarts_dropout_decay,
-            max_skip_connects=search.pdarts_max_skip_connects,
-        )
-    except ValueError as error:
-        raise ConfigError(f"P-DARTS stages: {error}") from None
-
-
-def p_darts_stage_modules(
-    cfg: DictConfig,
-    num_classes: int,
-    with_v: bool,
-    stage: int,
-    normal_primitives: Sequence[Sequence[str]] | None = None,
-    reduce_primitives: Sequence[Sequence[str]] | None = None,
-) -> LearnerModules:
-    """One learner's modules for P-DARTS stage ``stage`` (0-based) over its per-edge op subsets
-    (None: every op on every edge, the first stage): the stage's depth, a fresh architecture,
-    the stage's skip dropout schedule, and in the last stage the skip-connect limit."""
-    search = cfg.search
-    plan = p_darts_plan(cfg)
-    if not 0 <= stage < len(plan.stages):
-        raise ValueError(f"stage {stage} does not exist; the plan has {len(plan.stages)} stages")
-    current = plan.stages[stage]
-    schedule = current.skip_dropout_schedule()
-
-    def network():
-        return PDartsSearchNetwork(
-            search.init_channels,
-            num_classes,
-            current.layers,
-            steps=search.steps,
-            multiplier=search.steps,
-            normal_primitives=normal_primitives,
-            reduce_primitives=reduce_primitives,
-            skip_dropout_schedule=schedule,
-            primitives=plan.primitives,
-        )
-
-    arch = PDartsArchitecture(
-        steps=search.steps,
-        multiplier=search.steps,
-        normal_primitives=normal_primitives,
-        reduce_primitives=reduce_primitives,
-        primitives=plan.primitives,
-        max_skip_connects=plan.max_skip_connects if current.is_last else None,
-    )
-    return _learner_modules(arch, network, with_v)
-
-
-@register_method("p_darts", on_step=set_search_progress)
-def p_darts_modules(cfg: DictConfig, num_classes: int, with_v: bool) -> LearnerModules:
-    """P-DARTS's first stage (every op on every edge, search.layers cells); the later stages are
-    built by ``stage_learners``."""
-    return p_darts_stage_modules(cfg, num_classes, with_v, stage=0)
-
-
-# One learner's (normal, reduce) per-edge op lists in a P-DARTS stage.
-OpSubsets = tuple[PerEdgePrimitives, PerEdgePrimitives]
-
-
-@dataclass(frozen=True)
-class SearchStage:
-    """A stretch of the search with fresh learners (networks, architectures, optimizers and
-    cosine schedules): the whole search for most methods, one of P-DARTS's stages for p_darts.
-    The step hook sees the progress through the current stage."""
-
-    index: int
-    epochs: int
-    arch_warmup_epochs: int
-    first_epoch: int  # the epochs of the stages before this one
-    p_darts: PDartsStage | None = None  # cells, ops per edge, ops kept, skip dropout
-
-    @property
-    def is_last(self) -> bool:
-        return self.p_darts is None or self.p_darts.is_last
+    return learner_modules(arch, network, with_v)
 
 
 def search_stages(cfg: DictConfig) -> list[SearchStage]:
-    """The stages of the search ``cfg`` describes (P-DARTS: ``p_darts_plan``)."""
-    search = cfg.search
-    if search.method != "p_darts":
-        return [SearchStage(0, search.epochs, search.arch_warmup_epochs, first_epoch=0)]
-    plan = p_darts_plan(cfg).stages
-    return [
-        SearchStage(
-            stage.index,
-            stage.epochs,
-            stage.arch_frozen_epochs,
-            first_epoch=sum(before.epochs for before in plan[: stage.index]),
-            p_darts=stage,
-        )
-        for stage in plan
-    ]
+    """The stages of the search ``cfg`` describes."""
+    return search_method(cfg.search.method).staging.stages(cfg)
 
 
 def stage_learners(
@@ -258,20 +237,12 @@ def stage_learners(
     num_classes: int,
     stage: SearchStage,
     total_steps: int,
-    op_subsets: Sequence[OpSubsets | None] | None = None,
+    state: list | None = None,
 ) -> list[Learner]:
-    """The learners of ``stage``, their cosine schedules over its ``total_steps``; in a P-DARTS
-    stage each learner's network and architecture over its own op subsets (None: every op)."""
-    if stage.p_darts is None:
-        return build_learners(cfg, num_classes, total_steps)
-    if op_subsets is None:
-        op_subsets = [None] * cfg.learners
-    modules = [
-        p_darts_stage_modules(
-            cfg, num_classes, cfg.learners > 1, stage.index, *(ops or (None, None))
-        )
-        for ops in op_subsets
-    ]
+    """The learners of ``stage``, their cosine schedules over its ``total_steps``; ``state``:
+    per learner what the method carries from the stage before (None: the first stage)."""
+    staging = search_method(cfg.search.method).staging
+    modules = staging.stage_modules(cfg, num_classes, stage, state)
     return build_learners(cfg, num_classes, total_steps, modules)
 
 

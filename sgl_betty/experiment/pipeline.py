@@ -23,15 +23,10 @@ from omegaconf import DictConfig
 
 from sgl_betty.evaluation.distributed import init_distributed, launched_distributed
 from sgl_betty.tracking import RunFolder
+from sgl_betty.tracking.summaries import SUMMARY_FILE, SeedsSummary, cost_label, legacy_cost_key
 
 from .config import ConfigError, to_yaml
-from .evaluate import (
-    EvaluationInterrupted,
-    check_eval_config,
-    cost_key,
-    finished_summary,
-    run_evaluation,
-)
+from .evaluate import EvaluationInterrupted, check_eval_config, finished_summary, run_evaluation
 from .genotype_source import best_learner, resolve_eval_genotype
 from .run_dirs import (
     claim_for_run,
@@ -110,9 +105,10 @@ def search_and_evaluate_stage(cfg: DictConfig) -> dict:
         row = _seed_row(seed, selected)
         row["learner"] = result["selected_learner"]
         row["search_run_dir"] = result["run_dir"]
-        key = cost_key(selected)
-        row[f"search_{key}"] = result["search"].get(key, 0.0)
-        row[key] = result[key]
+        search_hours = result["search"].get("device_hours", 0.0)
+        row["search_device_hours"] = search_hours
+        row[f"search_{legacy_cost_key(row['device_type'])}"] = search_hours
+        row.update(_cost(result["device_hours"], row["device_type"]))
         runs.append(row)
     return _write_aggregate(cfg, root, runs, True)
 
@@ -138,14 +134,16 @@ def search_then_evaluate(cfg: DictConfig) -> dict:
         eval_cfg.eval.genotype = f"{folder}:{learner}"
         eval_cfg.run.dir = str(folder / f"eval-learner{learner}")
         evaluations[learner] = run_evaluation(eval_cfg)
-    key = cost_key(evaluations[selected])
-    total = search_summary.get(key, 0.0) + sum(summary[key] for summary in evaluations.values())
+    device_type = evaluations[selected]["device_type"]
+    total = search_summary.get("device_hours", 0.0) + sum(
+        summary["device_hours"] for summary in evaluations.values()
+    )
     return {
         "run_dir": str(folder),
         "search": search_summary,
         "evaluations": evaluations,
         "selected_learner": selected,
-        key: total,
+        **_cost(total, device_type),
     }
 
 
@@ -159,47 +157,53 @@ def _per_seed(cfg: DictConfig, root: Path, run_one: Callable[[DictConfig], dict]
         yield seed, run_one(seed_cfg)
 
 
+def _cost(hours: float, device_type: str) -> dict:
+    """A cost under its keys: device-hours, the device type, and the key of earlier versions."""
+    return {"device_hours": hours, "device_type": device_type, legacy_cost_key(device_type): hours}
+
+
 def _seed_row(seed: int, summary: dict) -> dict:
-    key = cost_key(summary)
     return {
         "seed": seed,
         "test_error": summary["test_error"],
         "params_m": summary["params_m"],
         "genotype_source": summary["genotype_source"],
-        key: summary[key],
+        **_cost(summary["device_hours"], summary["device_type"]),
     }
 
 
-def aggregate_seed_runs(runs: list[dict]) -> dict:
+def aggregate_seed_runs(runs: list[dict], genotype_source: str | None = None) -> SeedsSummary:
     """Mean and sample standard deviation of the test error over the seeds' runs; the mean
     model size; the summed cost."""
     errors = [run["test_error"] for run in runs]
-    key = cost_key(runs[0])
-    return {
-        "seeds": [run["seed"] for run in runs],
-        "test_error_mean": statistics.fmean(errors),
-        "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
-        "params_m": statistics.fmean(run["params_m"] for run in runs),
-        key: sum(run[key] for run in runs),
-        "runs": runs,
-    }
+    return SeedsSummary(
+        genotype_source=genotype_source,
+        seeds=[run["seed"] for run in runs],
+        test_error_mean=statistics.fmean(errors),
+        test_error_std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
+        params_m=statistics.fmean(run["params_m"] for run in runs),
+        device_hours=sum(run["device_hours"] for run in runs),
+        device_type=runs[0]["device_type"],
+        runs=runs,
+    )
 
 
-def _write_aggregate(cfg: DictConfig, root: Path, runs: list[dict], writer: bool, **extra) -> dict:
-    summary = {"kind": "seeds", **extra, **aggregate_seed_runs(runs)}
+def _write_aggregate(
+    cfg: DictConfig, root: Path, runs: list[dict], writer: bool, genotype_source=None
+) -> dict:
+    summary = aggregate_seed_runs(runs, genotype_source)
     folder = RunFolder(root, enabled=writer)
     folder.write_text("config.yaml", to_yaml(cfg))
-    folder.write_json("summary.json", summary)
+    folder.write_json(SUMMARY_FILE, summary.to_dict())
     if writer:
         print_seed_summary(summary, root)
-    return summary
+    return summary.to_dict()
 
 
-def print_seed_summary(summary: dict, path: Path) -> None:
-    key = cost_key(summary)
-    errors = ", ".join(f"{run['seed']}: {run['test_error']:.2f}%" for run in summary["runs"])
+def print_seed_summary(summary: SeedsSummary, path: Path) -> None:
+    errors = ", ".join(f"{run['seed']}: {run['test_error']:.2f}%" for run in summary.runs)
     print(
-        f"over {len(summary['runs'])} seeds: test error {summary['test_error_mean']:.2f} "
-        f"+- {summary['test_error_std']:.2f}% (seeds {errors}), params {summary['params_m']:.2f} M, "
-        f"{summary[key]:.4f} {key.replace('_', '-')} in total\nrun folder: {path}"
+        f"over {len(summary.runs)} seeds: test error {summary.test_error_mean:.2f} "
+        f"+- {summary.test_error_std:.2f}% (seeds {errors}), params {summary.params_m:.2f} M, "
+        f"{summary.device_hours:.4f} {cost_label(summary.device_type)} in total\nrun folder: {path}"
     )

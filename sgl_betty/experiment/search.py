@@ -1,7 +1,8 @@
 """One architecture search, start to finish: data, K learners, the SGL engine, the run folder.
 
-The whole training step is ``engine.step()``; everything else here is bookkeeping. A search
-runs in stages with fresh learners each (P-DARTS's progressive stages; one for other methods).
+The whole training step is ``engine.step()``; the run folder, checkpoints, RNG states, the stop
+vote and summary.json are the ``RunLifecycle``'s (``lifecycle.py``). A search runs in the stages
+its method plans, with fresh learners each (P-DARTS's progressive stages; one for most methods).
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ import dataclasses
 import math
 import platform
 import random
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,21 +30,15 @@ from sgl_betty.errors import RunFolderError
 from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
 from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.runtime import configure_backends
-from sgl_betty.tracking import RunFolder, build_tracker
+from sgl_betty.tracking import RunFolder
+from sgl_betty.tracking.summaries import SearchSummary, cost_label, device_hours
 
-from .checkpoints import read_checkpoint, write_checkpoint
-from .config import ConfigError, batch_per_process, sgl_config, to_yaml
-from .interruption import (
-    CHECKPOINT,
-    RunInterrupted,
-    StopRequests,
-    StopVote,
-    rng_state,
-    set_rng_state,
-)
-from .methods import SearchMethod, SearchStage, search_method, search_stages, stage_learners
+from .config import ConfigError, batch_per_process, sgl_config
+from .interruption import CHECKPOINT, RunInterrupted  # noqa: F401  (CHECKPOINT: for callers)
+from .lifecycle import RunLifecycle
+from .methods import SearchMethod, SearchStage, search_method, stage_learners
 from .resources import out_of_memory
-from .run_dirs import claim_for_run, default_search_dir, discarded_on_failed_start
+from .run_dirs import default_search_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -180,156 +173,184 @@ def run_search(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = F
     """Run the search described by ``cfg`` and return its summary (also in summary.json).
 
     The search runs in stages, each with fresh learners and its own engine: one stage for most
-    methods, P-DARTS's stages of growing depth and shrinking op subsets for p_darts.
-    With ``resume``, continue the run in ``cfg.run.dir`` from its last checkpoint (read as
-    plain data; ``trust_checkpoint`` unpickles an earlier version's checkpoint that holds other
-    objects). Under torchrun every process runs the search on its shard of the data; rank 0
-    writes the folder.
+    methods, several for a method whose builder plans them (P-DARTS's stages of growing depth
+    and shrinking op subsets). With ``resume``, continue the run in ``cfg.run.dir`` from its
+    last checkpoint (read as plain data; ``trust_checkpoint`` unpickles an earlier version's
+    checkpoint that holds other objects). Under torchrun every process runs the search on its
+    shard of the data; rank 0 writes the folder.
     """
     device = resolve_device(cfg.device)
     context = init_distributed(device)
-    device = context.device
-    configure_backends(device, cfg.search.deterministic)
+    configure_backends(context.device, cfg.search.deterministic)
     batch_size = batch_per_process("search.batch_size", cfg.search.batch_size, context.world_size)
     seed_everything(cfg.seed)
-    data = build_data(cfg, batch_size, device)
-    train, val, unlabeled = data.train, data.val, data.unlabeled
-    if context.enabled:
-        train, val, unlabeled = (
-            shard_loader(loader, context.rank, context.world_size, cfg.seed + index)
-            for index, loader in enumerate((train, val, unlabeled))
-        )
-    steps_per_epoch = len(train)
+    data = build_data(cfg, batch_size, context.device)
+    loaders = process_loaders(data, cfg.seed, context)
+    plan = plan_search(cfg, batches=len(loaders[0]))
+    lifecycle = RunLifecycle(
+        cfg,
+        "search",
+        context,
+        line_files=LINE_FILES,
+        resume=resume,
+        trust_checkpoint=trust_checkpoint,
+    )
+    saved = lifecycle.load_checkpoint() if resume else None
+    lifecycle.open_folder(default_search_dir(cfg), saved)
+    with lifecycle.first_steps():
+        run = start_search(plan, lifecycle, data, batch_size, saved)
+        learners, val_acc = run_stages(run, data, loaders, saved)
+    summary = lifecycle.finish(search_summary(run, learners, val_acc, lifecycle.elapsed()))
+    if run.announces:
+        print_summary(summary, lifecycle.folder.path)
+    return summary.to_dict()
+
+
+def process_loaders(data, seed: int, context: DistributedContext) -> tuple:
+    """D_tr, D_val and D_u as this process reads them: under torchrun each its own shard."""
+    loaders = (data.train, data.val, data.unlabeled)
+    if not context.enabled:
+        return loaders
+    return tuple(
+        shard_loader(loader, context.rank, context.world_size, seed + index)
+        for index, loader in enumerate(loaders)
+    )
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What a search will run: its method, its stages and their steps."""
+
+    cfg: DictConfig
+    method: SearchMethod
+    stages: list[SearchStage]
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan_search(cfg: DictConfig, batches: int) -> SearchPlan:
+    """The plan of the search ``cfg`` describes, whose epochs have ``batches`` batches of D_tr
+    (at most search.steps_per_epoch of them are used)."""
+    steps_per_epoch = batches
     if cfg.search.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.search.steps_per_epoch)
-    stages = search_stages(cfg)
+    method = search_method(cfg.search.method)
+    stages = method.staging.stages(cfg)
     total_steps = sum(stage.epochs for stage in stages) * steps_per_epoch
+    return SearchPlan(cfg, method, stages, steps_per_epoch, total_steps)
 
-    saved = None
-    if resume:
-        folder = RunFolder(cfg.run.dir, enabled=context.is_main)
-        folder.remove_stale_temporaries()
-        saved = read_search_checkpoint(folder, context, trust_checkpoint)
-    else:
-        folder = claim_for_run(cfg, "search", context, default_search_dir(cfg))
-    # On a resume: with the overrides that apply (logging, checkpoints, device, ...).
-    folder.write_text("config.yaml", to_yaml(cfg))
+
+def start_search(
+    plan: SearchPlan, lifecycle: RunLifecycle, data, batch_size: int, saved: dict | None
+) -> SearchRun:
+    """The tracker, the progress bar and the bookkeeping of ``plan`` (continued from
+    ``saved``)."""
+    cfg, context = plan.cfg, lifecycle.context
+    lifecycle.start_tracker(
+        {**OmegaConf.to_container(cfg, resolve=True), "precision_policy": precision_policy(cfg)}
+    )
+    announces = cfg.run.progress and context.is_main
+    if announces:
+        shared = (
+            f"\n  {context.world_size} processes: global batch {cfg.search.batch_size}, "
+            f"{batch_size} images per process"
+            if context.enabled
+            else ""
+        )
+        tqdm.write(f"run folder: {lifecycle.folder.path}\n" + data.describe() + shared)
     if saved is None:
         position = SearchPosition(op_subsets=[None] * cfg.learners)
     else:
         position = SearchPosition(**saved["position"])
-    with discarded_on_failed_start(folder, claimed=not resume):
-        tracker = build_tracker(cfg, folder)
-        tracker.start(
-            {
-                **OmegaConf.to_container(cfg, resolve=True),
-                "precision_policy": precision_policy(cfg),
-            },
-            kind="search",
-        )
-        quiet = not cfg.run.progress or not context.is_main
-        if not quiet:
-            shared = (
-                f"\n  {context.world_size} processes: global batch {cfg.search.batch_size}, "
-                f"{batch_size} images per process"
-                if context.enabled
-                else ""
-            )
-            tqdm.write(f"run folder: {folder.path}\n" + data.describe() + shared)
-        run = SearchRun(
-            cfg=cfg,
-            method=search_method(cfg.search.method),
-            context=context,
-            folder=folder,
-            tracker=tracker,
-            steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps,
-            started=time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0),
-            position=position,
-            # Started at the checkpoint's step: its rate and ETA count this session's steps only.
-            progress=tqdm(
-                total=total_steps,
-                initial=stages[position.stage].first_epoch * steps_per_epoch
-                + (saved["engine"]["global_step"] if saved else 0),
-                desc="search",
-                disable=quiet,
-            ),
-        )
-        learners, val_acc = run_stages(run, stages, data, (train, val, unlabeled), saved)
-    summary = search_summary(run, learners, val_acc, run.elapsed())
-    folder.write_json("summary.json", summary)
-    tracker.finish(summary)
-    if not quiet:
-        print_summary(summary, folder.path)
-    return summary
+    lifecycle.start_clock(saved)
+    done = plan.stages[position.stage].first_epoch * plan.steps_per_epoch
+    return SearchRun(
+        cfg=cfg,
+        method=plan.method,
+        stages=plan.stages,
+        lifecycle=lifecycle,
+        steps_per_epoch=plan.steps_per_epoch,
+        total_steps=plan.total_steps,
+        position=position,
+        announces=announces,
+        # Started at the checkpoint's step: its rate and ETA count this session's steps only.
+        progress=tqdm(
+            total=plan.total_steps,
+            initial=done + (saved["engine"]["global_step"] if saved else 0),
+            desc="search",
+            disable=not announces,
+        ),
+    )
 
 
-def run_stages(run: SearchRun, stages, data, loaders, saved: dict | None):
+def run_stages(run: SearchRun, data, loaders, saved: dict | None):
     """Every stage from the run's position on; the last stage's learners and their search
     validation accuracy. ``saved``: the checkpoint of the first of them, to continue from."""
-    cfg, context, device = run.cfg, run.context, run.context.device
-    train, val, unlabeled = loaders
-    with StopRequests() as stop:
-        for stage in stages[run.position.stage :]:
-            stage_steps = stage.epochs * run.steps_per_epoch
-            with out_of_memory("building the search networks", NETWORK_SIZE):
-                learners = stage_learners(
-                    cfg, data.num_classes, stage, stage_steps, run.position.op_subsets
-                )
-                # Same initial weights everywhere (broadcast anyway), each process its own
-                # augmentations.
-                if context.enabled:
-                    seed_everything(cfg.seed + 1000 * context.rank + stage.index)
-                sgl = sgl_config(cfg)
-                sgl.arch_warmup_steps = stage.arch_warmup_epochs * run.steps_per_epoch
-                engine = build_sgl_engine(
-                    learners, train, val, unlabeled, sgl, train_iters=stage_steps, device=device
-                )
+    with run.lifecycle.stop_requests():
+        for stage in run.stages[run.position.stage :]:
+            learners, engine = build_stage(run, stage, data.num_classes, loaders)
             if saved is not None:  # the stage the checkpoint was taken in
-                restore_engine(engine, context, saved)
+                restore_engine(engine, run.lifecycle, saved)
                 saved = None
             with out_of_memory("training the search", f"search.batch_size, {NETWORK_SIZE}"):
-                train_stage(run, stage, learners, engine, stop)
-                val_acc = finish_stage(run, stage, learners, val, device)
+                train_stage(run, stage, learners, engine)
+                val_acc = finish_stage(run, stage, learners, loaders[1])
     run.progress.close()
     return learners, val_acc
 
 
-def search_summary(run: SearchRun, learners, val_acc: list[float], wall_seconds: float) -> dict:
+def build_stage(run: SearchRun, stage: SearchStage, num_classes: int, loaders):
+    """The learners of ``stage`` and their engine."""
+    cfg, context = run.cfg, run.context
+    stage_steps = stage.epochs * run.steps_per_epoch
+    with out_of_memory("building the search networks", NETWORK_SIZE):
+        learners = stage_learners(cfg, num_classes, stage, stage_steps, run.position.op_subsets)
+        # Same initial weights everywhere (broadcast anyway), each process its own
+        # augmentations.
+        if context.enabled:
+            seed_everything(cfg.seed + 1000 * context.rank + stage.index)
+        sgl = sgl_config(cfg)
+        sgl.arch_warmup_steps = stage.arch_warmup_epochs * run.steps_per_epoch
+        engine = build_sgl_engine(
+            learners, *loaders, sgl, train_iters=stage_steps, device=context.device
+        )
+    return learners, engine
+
+
+def search_summary(
+    run: SearchRun, learners, val_acc: list[float], wall_seconds: float
+) -> SearchSummary:
     """What summary.json holds; architecture.pt is written on the way."""
     cfg, context, device = run.cfg, run.context, run.context.device
     run.folder.save_torch(
         "architecture.pt", {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
     )
     checksums = context.gather([weights_checksum(learner.arch) for learner in learners])
-    summary = {
-        "method": cfg.search.method,
-        "hypergrad": cfg.hypergrad.type,
-        "learners": cfg.learners,
-        "lam": cfg.lam,
-        "seed": cfg.seed,
-        "dataset": cfg.data.dataset,
-        "genotypes": [genotype_to_dict(learner.arch.genotype()) for learner in learners],
-        "val_acc": val_acc,
-        "steps": run.total_steps,
-        "wall_seconds": wall_seconds,
-        "seconds_per_step": wall_seconds / max(run.total_steps, 1),
-        "device": str(device),
-        "machine": machine_description(device),
-        "precision_policy": precision_policy(cfg),
-        "processes": context.world_size,
-        "global_batch_size": cfg.search.batch_size,
-        "per_rank_batch_size": batch_per_process(
+    return SearchSummary(
+        method=cfg.search.method,
+        hypergrad=cfg.hypergrad.type,
+        learners=cfg.learners,
+        lam=cfg.lam,
+        seed=cfg.seed,
+        dataset=cfg.data.dataset,
+        genotypes=[genotype_to_dict(learner.arch.genotype()) for learner in learners],
+        val_acc=val_acc,
+        steps=run.total_steps,
+        wall_seconds=wall_seconds,
+        seconds_per_step=wall_seconds / max(run.total_steps, 1),
+        device=str(device),
+        machine=machine_description(device),
+        precision_policy=precision_policy(cfg),
+        processes=context.world_size,
+        global_batch_size=cfg.search.batch_size,
+        per_rank_batch_size=batch_per_process(
             "search.batch_size", cfg.search.batch_size, context.world_size
         ),
-        "arch_checksums": checksums,
-        "gpu_hours" if device.type == "cuda" else "cpu_hours": wall_seconds
-        * context.world_size
-        / 3600,
-    }
-    if run.position.stages:
-        summary["stages"] = run.position.stages
-    return summary
+        arch_checksums=checksums,
+        device_hours=device_hours(wall_seconds, context.world_size),
+        device_type=device.type,
+        stages=run.position.stages or None,
+    )
 
 
 @dataclass
@@ -337,32 +358,46 @@ class SearchPosition:
     """Where a search is, beyond its engine's state: saved in every checkpoint."""
 
     stage: int = 0
-    # Per learner its (normal, reduce) per-edge op lists in this stage (P-DARTS), None: every op.
+    # Per learner what the method carries into this stage (P-DARTS: its (normal, reduce)
+    # per-edge op lists), None: the first stage's.
     op_subsets: list = field(default_factory=list)
-    # The finished stages' records (P-DARTS): what stages.json holds.
+    # The finished stages' records (a staged method's): what stages.json holds.
     stages: list[dict] = field(default_factory=list)
 
 
 @dataclass
 class SearchRun:
-    """What every stage of one search shares: the config, the folder and the bookkeeping."""
+    """What every stage of one search shares: the config, the method, the run's lifecycle
+    (folder, tracker, checkpoints, stop vote) and the bookkeeping."""
 
     cfg: DictConfig
     method: SearchMethod
-    context: DistributedContext
-    folder: RunFolder
-    tracker: Any
+    stages: list[SearchStage]
+    lifecycle: RunLifecycle
     steps_per_epoch: int
     total_steps: int
-    started: float  # perf_counter() when the search would have started had it never stopped
     position: SearchPosition
+    announces: bool  # whether this process prints progress and the summary
     progress: tqdm
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    @property
+    def context(self) -> DistributedContext:
+        return self.lifecycle.context
+
+    @property
+    def folder(self) -> RunFolder:
+        return self.lifecycle.folder
+
+    @property
+    def tracker(self):
+        return self.lifecycle.tracker
+
+    @property
+    def staged(self) -> bool:
+        return self.method.staging.staged
 
 
-def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: StopRequests) -> None:
+def train_stage(run: SearchRun, stage: SearchStage, learners, engine) -> None:
     """Step ``engine`` to the end of ``stage``: log the metrics, record the architectures after
     every epoch, checkpoint, and stop cleanly (SearchInterrupted) when a signal asks to.
 
@@ -370,124 +405,107 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
     are looked for on logging steps, before the architectures are recorded and before every
     checkpoint, so no record and no checkpoint is written from a non-finite state, and the
     NonFiniteError names the step the first such value came from."""
-    cfg, folder, steps_per_epoch = run.cfg, run.folder, run.steps_per_epoch
+    steps_per_epoch, every = run.steps_per_epoch, run.cfg.checkpoint.every_steps
     stage_steps = stage.epochs * steps_per_epoch
     first_step = stage.first_epoch * steps_per_epoch  # steps of the stages before this one
-    staged = stage.p_darts is not None
-    window_seconds, window_steps = 0.0, 0
-    wants_stop = StopVote(run.context, stop)
-
-    def checkpoint() -> None:
-        engine.check_finite()  # a checkpoint never holds a non-finite state
-        save_checkpoint(folder, engine, run.context, run.elapsed(), run.position)
-
+    window = StepWindow()
     while engine.global_step < stage_steps:
         epoch = stage.first_epoch + engine.global_step // steps_per_epoch
-        tick = time.perf_counter()
-        if run.method.on_step is not None:
-            run.method.on_step(learners, engine.global_step / stage_steps)
-        engine.step()
-        window_seconds += time.perf_counter() - tick
-        window_steps += 1
+        with window.timed():
+            if run.method.on_step is not None:
+                run.method.on_step(learners, engine.global_step / stage_steps)
+            engine.step()
         run.progress.update(1)
         step = first_step + engine.global_step  # steps since the search started
-        if step % cfg.run.log_every == 0 or engine.global_step == stage_steps:
-            # The steps never wait for the device; these reads do, so they count in the window.
-            tick = time.perf_counter()
-            engine.check_finite()
-            metrics = engine.metrics()
-            window_seconds += time.perf_counter() - tick
-            row = {"step": step, "epoch": epoch}
-            if staged:
-                row["stage"] = stage.index
-            row["seconds_per_step"] = window_seconds / window_steps
-            row.update(metrics)
-            folder.append_jsonl("metrics.jsonl", row)
-            run.tracker.log_metrics(row, step)
-            window_seconds, window_steps = 0.0, 0
-            run.progress.set_postfix(
-                epoch=epoch, loss=f"{row.get('learner0/w_train_loss', math.nan):.3f}"
-            )
+        if step % run.cfg.run.log_every == 0 or engine.global_step == stage_steps:
+            log_metrics(run, stage, engine, window, step, epoch)
+        periodic = bool(every) and step % every == 0
         if step % steps_per_epoch == 0:
             engine.check_finite()
-            record_architectures(
-                folder, run.tracker, learners, epoch, step, stage.index if staged else None
-            )
-            checkpoint()
-        elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
-            checkpoint()
-        if step < run.total_steps and wants_stop():
-            if step % steps_per_epoch and not (
-                cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
-            ):
-                checkpoint()
+            stage_index = stage.index if run.staged else None
+            record_architectures(run.folder, run.tracker, learners, epoch, step, stage_index)
+            save_checkpoint(run, engine)
+        elif periodic:
+            save_checkpoint(run, engine)
+        if step < run.total_steps and run.lifecycle.should_stop():
+            if step % steps_per_epoch and not periodic:
+                save_checkpoint(run, engine)
             run.progress.close()
-            raise SearchInterrupted(
-                f"search stopped by signal {stop.received or 'on another process'} after step {step} of "
-                f"{run.total_steps}; resume with: --resume {folder.path}"
-            )
+            message = run.lifecycle.stop_message(f"step {step} of {run.total_steps}")
+            raise SearchInterrupted(f"{message}; resume with: {run.lifecycle.resume_command()}")
 
 
-def finish_stage(run: SearchRun, stage: SearchStage, learners, val, device) -> list[float]:
-    """The learners' search validation accuracy after ``stage``. A P-DARTS stage also goes on
-    record (stages.json, architecture-stage{i}.pt) and, unless it is the last, hands each
-    learner's strongest ``ops_kept`` ops per edge to the next stage."""
+@dataclass
+class StepWindow:
+    """The seconds and steps since the last logged row (the seconds per step it reports)."""
+
+    seconds: float = 0.0
+    steps: int = 0
+
+    @contextmanager
+    def timed(self, steps: int = 1) -> Iterator[None]:
+        tick = time.perf_counter()
+        yield
+        self.seconds += time.perf_counter() - tick
+        self.steps += steps
+
+    def seconds_per_step(self) -> float:
+        seconds = self.seconds / self.steps
+        self.seconds, self.steps = 0.0, 0
+        return seconds
+
+
+def log_metrics(run: SearchRun, stage: SearchStage, engine, window: StepWindow, step, epoch):
+    """A row of metrics.jsonl and of the tracker, after a non-finite check."""
+    # The steps never wait for the device; these reads do, so they count in the window.
+    with window.timed(steps=0):
+        engine.check_finite()
+        metrics = engine.metrics()
+    row = {"step": step, "epoch": epoch}
+    if run.staged:
+        row["stage"] = stage.index
+    row["seconds_per_step"] = window.seconds_per_step()
+    row.update(metrics)
+    run.folder.append_jsonl("metrics.jsonl", row)
+    run.tracker.log_metrics(row, step)
+    run.progress.set_postfix(epoch=epoch, loss=f"{row.get('learner0/w_train_loss', math.nan):.3f}")
+
+
+def finish_stage(run: SearchRun, stage: SearchStage, learners, val) -> list[float]:
+    """The learners' search validation accuracy after ``stage``. A staged method's stage also
+    goes on record (stages.json, architecture-stage{i}.pt) and, unless it is the last, hands
+    the method's state (P-DARTS: each learner's strongest ops per edge) to the next stage."""
     cfg, context = run.cfg, run.context
     val_acc = [
-        validation_accuracy(learner.w_net, learner.arch, val, device, cfg.search.val_batches)
+        validation_accuracy(
+            learner.w_net, learner.arch, val, context.device, cfg.search.val_batches
+        )
         for learner in learners
     ]
     if context.enabled:
         val_acc = [acc / context.world_size for acc in context.all_reduce_sum(val_acc)]
-    if stage.p_darts is None:
+    if not run.staged:
         return val_acc
-
-    drops = [None] * len(learners)
-    if not stage.is_last:
-        drops = [learner.arch.drop_weakest_ops(stage.p_darts.ops_kept) for learner in learners]
-        # Every process goes on with rank 0's op subsets, even if a near-tie ranked ops otherwise.
-        drops = context.gather(drops)[0]
     architecture_file = f"architecture-stage{stage.index}.pt"
+    end = run.method.staging.end_stage(
+        stage,
+        learners,
+        val_acc,
+        stage.epochs * run.steps_per_epoch,
+        architecture_file,
+        agree=lambda value: context.gather(value)[0],
+    )
     run.folder.save_torch(
         architecture_file, {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
     )
     position = run.position
-    position.stages.append(
-        {
-            "index": stage.index,
-            "cells": stage.p_darts.layers,
-            "ops_per_edge": stage.p_darts.ops_per_edge,
-            "ops_kept": None if stage.is_last else stage.p_darts.ops_kept,
-            "skip_dropout": stage.p_darts.skip_dropout,
-            "epochs": stage.epochs,
-            "steps": stage.epochs * run.steps_per_epoch,
-            "architecture": architecture_file,
-            "learners": [
-                {
-                    "ops": {
-                        "normal": as_lists(learner.arch.normal_primitives),
-                        "reduce": as_lists(learner.arch.reduce_primitives),
-                    },
-                    "dropped": None
-                    if drop is None
-                    else {"normal": as_lists(drop[0].dropped), "reduce": as_lists(drop[1].dropped)},
-                    "genotype": genotype_to_dict(learner.arch.genotype()),
-                    "val_acc": acc,
-                }
-                for learner, drop, acc in zip(learners, drops, val_acc, strict=True)
-            ],
-        }
-    )
-    run.folder.write_json("stages.json", position.stages)
+    if end.record is not None:
+        position.stages.append(end.record)
+        run.folder.write_json("stages.json", position.stages)
     if not stage.is_last:
         position.stage += 1
-        position.op_subsets = [(normal.kept, reduce.kept) for normal, reduce in drops]
+        position.op_subsets = end.next_state
     return val_acc
-
-
-def as_lists(per_edge) -> list[list[str]]:
-    """Per-edge op lists as JSON has them (the returned summary equals summary.json)."""
-    return [list(ops) for ops in per_edge]
 
 
 def record_architectures(
@@ -503,44 +521,15 @@ def record_architectures(
     tracker.log_architecture(epoch, genotypes, weights)
 
 
-def save_checkpoint(
-    folder: RunFolder, engine, context, elapsed: float, position: SearchPosition
-) -> None:
-    """Atomically replace the checkpoint (rank 0 writes; every rank's RNG state is in it)."""
-    rng = context.gather(rng_state())
-    write_checkpoint(
-        folder,
-        "search",
-        {
-            "engine": engine.state_dict(),
-            "position": dataclasses.asdict(position),
-            "rng": rng,
-            "line_files": folder.line_file_sizes(LINE_FILES),
-            "elapsed_seconds": elapsed,
-        },
+def save_checkpoint(run: SearchRun, engine) -> None:
+    """The engine and the search's position into checkpoint.pt (never a non-finite state)."""
+    engine.check_finite()
+    run.lifecycle.save_checkpoint(
+        {"engine": engine.state_dict(), "position": dataclasses.asdict(run.position)}
     )
 
 
-def read_search_checkpoint(folder: RunFolder, context, trust: bool = False) -> dict | None:
-    """The last checkpoint; the line files are cut back to it (their later lines describe steps
-    that will be run again). None when the run stopped before its first checkpoint: it starts
-    again from its first step, in its folder."""
-    path = folder.file(CHECKPOINT)
-    if not path.is_file():
-        if context.is_main:
-            print(
-                f"note: {folder.path} has no checkpoint yet (the search stopped before its first "
-                "one); it starts again from its first step",
-                file=sys.stderr,
-            )
-        folder.truncate_line_files(dict.fromkeys(LINE_FILES, 0))
-        return None
-    state = read_checkpoint(folder.path, "search", trust=trust, writer=context.is_main)
-    folder.truncate_line_files(state["line_files"])
-    return state
-
-
-def restore_engine(engine, context, state: dict) -> None:
+def restore_engine(engine, lifecycle: RunLifecycle, state: dict) -> None:
     """Put ``engine`` (built for the checkpoint's stage) and the RNGs back where ``state`` was."""
     try:
         engine.load_state_dict(state["engine"])
@@ -553,17 +542,16 @@ def restore_engine(engine, context, state: dict) -> None:
             "put back the run's own files, or start a new run without --resume"
         ) from None
     # After the data position was replayed: replaying it draws augmentations from the RNG.
-    set_rng_state(state["rng"][context.rank])
+    lifecycle.restore_rng(state)
 
 
-def print_summary(summary: dict, path: Path) -> None:
-    cost_key = "gpu_hours" if "gpu_hours" in summary else "cpu_hours"
+def print_summary(summary: SearchSummary, path: Path) -> None:
     print(
-        f"\nsearch finished: {summary['method']} with SGL K={summary['learners']}, "
-        f"hypergrad={summary['hypergrad']}, {summary['steps']} steps in {summary['wall_seconds']:.1f} s "
-        f"({summary[cost_key]:.4f} {cost_key.replace('_', '-')} on {summary['machine']})"
+        f"\nsearch finished: {summary.method} with SGL K={summary.learners}, "
+        f"hypergrad={summary.hypergrad}, {summary.steps} steps in {summary.wall_seconds:.1f} s "
+        f"({summary.device_hours:.4f} {cost_label(summary.device_type)} on {summary.machine})"
     )
-    for k, (acc, genotype) in enumerate(zip(summary["val_acc"], summary["genotypes"])):
+    for k, (acc, genotype) in enumerate(zip(summary.val_acc, summary.genotypes)):
         normal = ", ".join(f"{op}<-{src}" for op, src in genotype["normal"])
         reduce = ", ".join(f"{op}<-{src}" for op, src in genotype["reduce"])
         print(

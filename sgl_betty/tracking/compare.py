@@ -18,7 +18,6 @@ folders, or cannot be read, are skipped with a warning that says why.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,16 @@ from sgl_betty.errors import ConfigError
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations
 
 from .figures import save_png
+from .summaries import (
+    SUMMARY_FILE,
+    EvalSummary,
+    RunSummary,
+    SearchSummary,
+    SummaryError,
+    SummaryMissing,
+    read_summary,
+)
+from .summaries import finite_number as _number
 from .tracker import run_name
 
 # Config keys (dotted, or prefixes ending in ".") that do not make a different setting.
@@ -66,7 +75,7 @@ class RunRecord:
     path: Path
     kind: str  # "search" or "eval"
     config: dict[str, Any]
-    summary: dict[str, Any]
+    summary: SearchSummary | EvalSummary
     method: str
     learners: int | None
     hypergrad: str | None
@@ -95,7 +104,7 @@ class RunRecord:
                 return best
         return min(self.evaluations)
 
-    def _evaluations(self) -> list[dict]:
+    def _evaluations(self) -> list[EvalSummary]:
         if self.kind == "eval":
             return [self.summary]
         learner = self.evaluated_learner
@@ -106,9 +115,9 @@ class RunRecord:
         mean of its runs)."""
         by_seed: dict[Any, list[float]] = {}
         for index, evaluation in enumerate(self._evaluations()):
-            error = _number(evaluation.get("test_error"))
+            error = _number(evaluation.test_error)
             if error is not None:
-                seed = evaluation.get("seed")
+                seed = evaluation.seed
                 by_seed.setdefault(index if seed is None else seed, []).append(error)
         return {seed: statistics.fmean(errors) for seed, errors in by_seed.items()}
 
@@ -120,7 +129,7 @@ class RunRecord:
 
     @property
     def params_m(self) -> float | None:
-        sizes = [_number(evaluation.get("params_m")) for evaluation in self._evaluations()]
+        sizes = [_number(evaluation.params_m) for evaluation in self._evaluations()]
         sizes = [size for size in sizes if size is not None]
         return statistics.fmean(sizes) if sizes else None
 
@@ -212,12 +221,6 @@ class Comparison:
     warnings: list[str]
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _ignored(key: str) -> bool:
     return any(key.startswith(item) if item.endswith(".") else key == item for item in NOT_SETTING)
 
@@ -250,24 +253,20 @@ def mean_std(values: Iterable[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def _read_summary(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise NotARunFolder("not a folder")
-    path = folder / "summary.json"
-    if not path.is_file():
+def _read_summary(folder: Path) -> RunSummary:
+    try:
+        return read_summary(folder)
+    except SummaryMissing as error:
+        if not folder.is_dir():
+            raise NotARunFolder(error.reason) from None
         started = (folder / "config.yaml").is_file() or (folder / "metrics.jsonl").is_file()
         raise NotARunFolder(
             "no summary.json: its run has not finished (a run writes it at its end)"
             if started
             else "no summary.json: not a run folder"
-        )
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise NotARunFolder(f"summary.json cannot be read ({error})") from None
-    if not isinstance(summary, dict):
-        raise NotARunFolder("summary.json is not a JSON object")
-    return summary
+        ) from None
+    except SummaryError as error:
+        raise NotARunFolder(error.reason) from None
 
 
 def _read_config(folder: Path) -> dict:
@@ -283,55 +282,50 @@ def _read_config(folder: Path) -> dict:
     return OmegaConf.to_container(config, resolve=False)
 
 
-def _summary_kind(summary: dict) -> str:
-    if summary.get("kind") in ("eval", "seeds"):
-        return summary["kind"]
-    if isinstance(summary.get("genotypes"), list) and "val_acc" in summary:
-        return "search"
-    raise NotARunFolder("summary.json is neither a search's, an evaluation's nor a seeds' summary")
-
-
-def _cost(summary: dict) -> tuple[float | None, str]:
-    if "gpu_hours" in summary:
-        return _number(summary["gpu_hours"]), "gpu"
-    return _number(summary.get("cpu_hours")), "cpu"
+def _cost(summary: RunSummary) -> tuple[float | None, str]:
+    return _number(summary.device_hours), "gpu" if summary.device_type == "cuda" else "cpu"
 
 
 def read_run(folder: str | Path) -> RunRecord:
     """One search or evaluation run folder; raises ``NotARunFolder`` saying why not."""
     folder = Path(folder)
     summary = _read_summary(folder)
-    kind = _summary_kind(summary)
-    if kind == "seeds":
+    if summary.kind == "seeds":
         raise NotARunFolder("a folder of several seeds; read its seed-<s>/ folders")
     config = _read_config(folder)
     hours, unit = _cost(summary)
-    if kind == "search":
+    if isinstance(summary, SearchSummary):
+        method = summary.method or (config.get("search") or {}).get("method", "?")
         return RunRecord(
             path=folder,
             kind="search",
             config=config,
             summary=summary,
-            method=str(summary.get("method") or (config.get("search") or {}).get("method", "?")),
-            learners=int(summary.get("learners", len(summary["genotypes"]))),
-            hypergrad=summary.get("hypergrad"),
-            lam=_number(summary.get("lam")),
-            seed=summary.get("seed", config.get("seed")),
-            val_acc=[float(value) for value in summary.get("val_acc") or []],
-            seconds_per_step=_number(summary.get("seconds_per_step")),
+            method=str(method),
+            learners=int(
+                summary.learners if summary.learners is not None else len(summary.genotypes)
+            ),
+            hypergrad=summary.hypergrad,
+            lam=_number(summary.lam),
+            seed=summary.seed if summary.seed is not None else config.get("seed"),
+            val_acc=[float(value) for value in summary.val_acc or []],
+            seconds_per_step=_number(summary.seconds_per_step),
             search_hours=hours,
             cost_unit=unit,
         )
+    source = summary.genotype_source
     return RunRecord(
         path=folder,
         kind="eval",
         config=config,
         summary=summary,
-        method=str(summary.get("genotype_source", (config.get("eval") or {}).get("genotype", "?"))),
+        method=str(
+            source if source is not None else (config.get("eval") or {}).get("genotype", "?")
+        ),
         learners=None,
         hypergrad=None,
         lam=None,
-        seed=summary.get("seed", config.get("seed")),
+        seed=summary.seed if summary.seed is not None else config.get("seed"),
         search_hours=None,
         cost_unit=unit,
     )
@@ -354,8 +348,7 @@ def _expand(paths: Sequence[str | Path], warnings: list[str]) -> list[Path]:
     for path in paths:
         path = Path(path)
         try:
-            summary = _read_summary(path)
-            kind = _summary_kind(summary)
+            kind = _read_summary(path).kind
         except NotARunFolder as error:
             warnings.append(f"skipping {path}: {error}")
             continue
@@ -371,7 +364,7 @@ def _expand(paths: Sequence[str | Path], warnings: list[str]) -> list[Path]:
         folders.append(path)
         if kind == "search":
             folders += sorted(
-                child for child in path.glob("eval-learner*") if (child / "summary.json").is_file()
+                child for child in path.glob("eval-learner*") if (child / SUMMARY_FILE).is_file()
             )
     return folders
 
@@ -421,7 +414,7 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], list[str]]:
 def _search_of(record: RunRecord, searches: dict[Path, RunRecord]) -> tuple[RunRecord, int] | None:
     """The search run (among those compared) whose genotype an evaluation run trained."""
     parent = record.path.resolve().parent
-    learner = record.summary.get("learner")
+    learner = getattr(record.summary, "learner", None)
     source = _source_folder_and_learner(record.method)
     candidates = []
     if parent in searches:

@@ -33,6 +33,7 @@ from sgl_betty.genotypes import PRIMITIVES, num_edges
 
 from .durable import atomic_write_bytes
 from .run_folder import read_jsonl
+from .summaries import summary_data
 from .tracker import run_name
 
 FIGURE_DPI = 100
@@ -398,11 +399,6 @@ def _read_json_value(path: Path):
         return None
 
 
-def _read_json(path: Path) -> dict | None:
-    value = _read_json_value(path)
-    return value if isinstance(value, dict) else None
-
-
 def _read_rows(path: Path) -> list[dict]:
     try:
         return read_jsonl(path)
@@ -493,7 +489,7 @@ def draw_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / FIGURES_DIR
-    summary = _read_json(run_dir / "summary.json")
+    summary = summary_data(run_dir)
     architecture_rows = _read_rows(run_dir / "genotypes.jsonl")
     metric_rows = _read_rows(run_dir / "metrics.jsonl")
     name = run_name(run_dir)
