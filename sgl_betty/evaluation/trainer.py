@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import DistributedContext
+from sgl_betty.runtime import DistributedContext
 
 LR_SCHEDULES = ("cosine", "step")
 # Autocast dtype of the forward passes per precision; weights, gradients and momentum stay float32.

@@ -24,6 +24,7 @@ from sgl_betty.secret_env import secrets_in
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
 
 from .config_checks import check_values
+from .methods import SEARCH_METHODS
 from .resume_policy import check_resume_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -280,8 +281,6 @@ def validate(cfg: DictConfig) -> None:
         )
     if not cfg.lam >= 0:
         raise ConfigError(f"lam={cfg.lam} is invalid; the pseudo-label weight must be >= 0")
-    from .methods import SEARCH_METHODS  # the registry: methods register themselves on import
-
     _check_choice("search.method", cfg.search.method, sorted(SEARCH_METHODS))
     _check_choice("hypergrad.type", cfg.hypergrad.type, HYPERGRAD_TYPES)
     _check_choice("data.dataset", cfg.data.dataset, DATASETS)
@@ -347,6 +346,11 @@ def validate(cfg: DictConfig) -> None:
             f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)"
         )
     check_values(cfg)
+
+
+def eval_dataset(cfg: DictConfig) -> str:
+    """The dataset the evaluation trains on: ``eval.dataset``, else the searched ``data.dataset``."""
+    return cfg.eval.dataset or cfg.data.dataset
 
 
 def batch_per_process(key: str, batch_size: int, world_size: int) -> int:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from sgl_betty.errors import ConfigError
 from sgl_betty.learner import Learner
 from sgl_betty.search_space import (
     AUXILIARY_SKIP_DECAYS,
@@ -31,8 +32,6 @@ from sgl_betty.search_space import (
     SearchNetwork,
 )
 from sgl_betty.search_space.p_darts import PerEdgePrimitives
-
-from .config import ConfigError
 
 
 @dataclass

@@ -34,7 +34,7 @@ from sgl_betty.errors import ConfigError
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations
 
 from .figures import save_png
-from .tracker import run_name
+from .run_folder import run_name
 
 # Config keys (dotted, or prefixes ending in ".") that do not make a different setting.
 NOT_SETTING = (
