@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from sgl_betty.choices import EvalDataset, values
 from sgl_betty.data import build_eval_data
 from sgl_betty.data.imagenet import load_imagenet
 from sgl_betty.data.seeding import seeded_generator
@@ -70,7 +71,7 @@ from .resources import out_of_memory
 from .run_dirs import claim_for_run, default_eval_dir, discarded_on_failed_start
 from .search import data_settings, data_settings_checked
 
-EVAL_DATASETS = ("cifar100", "cifar10", "synthetic", "imagenet")
+EVAL_DATASETS = values(EvalDataset)
 CIFAR_IMAGE_SIZE = 32
 # The smallest map each auxiliary head accepts: CIFAR's pools 5/3 then convolves 2x2, ImageNet's
 # pools 5/2 then convolves 2x2.
