@@ -12,7 +12,6 @@ The search methods are not here: they are an open registry (``register_method``)
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
 
 
 class Choice(str, Enum):
@@ -34,10 +33,6 @@ class Choice(str, Enum):
 def values(choice: type[Choice]) -> tuple[str, ...]:
     """The allowed strings, in definition order."""
     return tuple(member.value for member in choice)
-
-
-def is_choice(value: Any, choice: type[Choice]) -> bool:
-    return isinstance(value, str) and value in values(choice)
 
 
 class HypergradType(Choice):

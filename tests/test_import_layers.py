@@ -191,3 +191,34 @@ def test_every_user_facing_error_class_is_defined_in_errors():
         if f"{module}.{name}" not in LOCAL_EXCEPTIONS
     )
     assert not elsewhere, "define these in sgl_betty/errors.py:\n" + "\n".join(elsewhere)
+
+
+# The process-level settings that only sgl_betty.runtime makes (the search, the evaluation and
+# the engine ask it): joining the process group and reading the torchrun environment.
+RUNTIME_ONLY = {"init_process_group", "WORLD_SIZE"}
+
+
+def runtime_uses(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    names |= {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    return (names & RUNTIME_ONLY) | (functions & {"launched_distributed", "init_distributed"})
+
+
+def test_only_the_runtime_joins_processes():
+    assert runtime_uses(ROOT / "sgl_betty" / "runtime.py") >= {
+        "init_process_group",
+        "WORLD_SIZE",
+        "launched_distributed",
+    }
+    elsewhere = sorted(
+        f"{module}: {', '.join(sorted(uses))}"
+        for module, path in module_files().items()
+        if module != "sgl_betty.runtime" and (uses := runtime_uses(path))
+    )
+    assert not elsewhere, "ask sgl_betty.runtime instead:\n" + "\n".join(elsewhere)
