@@ -60,15 +60,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sgl_betty.config import HYPERGRAD_TYPES
 from sgl_betty.engine import build_sgl_engine
-from sgl_betty.evaluation import DistributedContext, EvalTrainer, NetworkSpec, TrainingSettings
+from sgl_betty.evaluation import EvalTrainer, NetworkSpec, TrainingSettings
 from sgl_betty.evaluation.trainer import AUTOCAST_DTYPES, EpochSums
 from sgl_betty.experiment.config import load_config, sgl_config
 from sgl_betty.experiment.methods import search_stages, stage_learners
-from sgl_betty.experiment.search import machine_description
 from sgl_betty.genotypes import PUBLISHED, genotype_to_dict
 from sgl_betty.host_reads import count_host_reads, host_resident_tensors
 from sgl_betty.params import count_parameters_m
-from sgl_betty.runtime import configure_backends
+from sgl_betty.runtime import DistributedContext, configure_backends, machine_description
 from sgl_betty.tracking.summaries import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]

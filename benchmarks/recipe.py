@@ -8,11 +8,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from sgl_betty.errors import UserError
-from sgl_betty.evaluation.distributed import shutdown_distributed
+from sgl_betty.errors import NonFiniteError, RunInterrupted, UserError
 from sgl_betty.experiment.config import ConfigError, load_config, load_run_config
-from sgl_betty.experiment.interruption import RunInterrupted
-from sgl_betty.problems import NonFiniteError
+from sgl_betty.runtime import shutdown_distributed
 from sgl_betty.secret_env import redact
 from sgl_betty.tracking import TRUST_FLAG
 

@@ -12,7 +12,6 @@ read them, which the recipe does on its logging steps and before checkpoints.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.distributed as dist
@@ -20,15 +19,10 @@ from betty.engine import Engine
 from betty.logging.logger_base import get_logger
 
 from sgl_betty.problems import NonFiniteWatch
-from sgl_betty.runtime import process_device
+from sgl_betty.runtime import init_distributed, launched_distributed
 
 from .batches import SharedBatches
 from .data_parallel import GradientAverage
-
-
-def launched_distributed() -> bool:
-    """True when started by torchrun (or another launcher) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 class SGLEngine(Engine):
@@ -63,13 +57,10 @@ class SGLEngine(Engine):
         dist_dict = super().configure_systems()
         self.device = self.requested_device
         if self.distributed:
-            if not dist.is_initialized():
-                backend = "nccl" if self.requested_device.type == "cuda" else "gloo"
-                dist.init_process_group(backend=backend)
-            self._world_size = dist.get_world_size()
-            self._rank = dist.get_rank()
-            self._local_rank = int(os.environ.get("LOCAL_RANK", self._rank))
-            self.device = process_device(self.requested_device)
+            # The search joined the process group already; a library user's first engine joins it.
+            context = init_distributed(self.requested_device)
+            self._world_size, self._rank = context.world_size, context.rank
+            self._local_rank, self.device = context.local_rank, context.device
             dist_dict.update(
                 world_size=self._world_size, rank=self._rank, local_rank=self._local_rank
             )

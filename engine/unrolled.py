@@ -38,11 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sgl_betty.errors import UnrolledStepError
+
 from .products import exact_mixed_product, finite_difference_product, weights_set_to
-
-
-class UnrolledStepError(ValueError):
-    """The optimizer of a lower problem takes a step the unrolled hypergradient cannot follow."""
 
 
 @dataclass

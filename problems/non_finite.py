@@ -15,10 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-class NonFiniteError(FloatingPointError):
-    """A loss or hypergradient became NaN or infinite; the message names learner, stage and step."""
-
+from sgl_betty.errors import NonFiniteError
 
 NEVER = torch.iinfo(torch.int64).max
 

@@ -1,7 +1,9 @@
 """Typed configuration of the SGL optimisation itself (the paper's Eq. 4 and its solvers).
 
-These are plain dataclasses because they hold callables (losses); the recipe configs in
-``sgl_betty.recipe_config`` are OmegaConf-structured and convert into these.
+``HypergradConfig`` is also the recipes' ``hypergrad`` section: ``sgl_betty.experiment.config``
+uses it as that node's OmegaConf schema, and ``OmegaConf.to_object`` of the node is the
+library's config. ``SGLConfig`` holds callables (losses), which OmegaConf cannot; the recipes
+build it from their ``lam`` and ``search`` keys (``experiment.config.sgl_config``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-HYPERGRAD_TYPES = ("first_order", "darts", "unrolled", "unrolled_post_step", "neumann", "cg")
+from sgl_betty.choices import HypergradType, values
+
+HYPERGRAD_TYPES = values(HypergradType)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -54,9 +58,13 @@ class HypergradConfig:
     ``full_precision``: every second-order evaluation in the parameters' dtype with TF32 and
     autocast off (``engine/precision.py``). False evaluates them in the descent's precision: it
     exists to measure what the policy buys (``benchmarks/hypergrad_fidelity.py``) and warns.
+
+    The fields are typed for OmegaConf (``type`` is a ``str``, one of ``HypergradType``'s
+    values; a ``HypergradType`` member is one). The library's default ``type`` is
+    ``first_order``; the recipes' is ``unrolled`` (``experiment.config.RunConfig``).
     """
 
-    type: str = "first_order"
+    type: str = HypergradType.first_order.value
     darts_alpha: float = 0.01
     neumann_iterations: int = 1
     neumann_alpha: float = 1.0

@@ -1,16 +1,32 @@
-"""Process-level device settings shared by the engine, the search and the evaluation.
+"""The process a run lives in, shared by the engine, the search and the evaluation.
 
-Two questions every run on a GPU answers before its first kernel: which GPU this process uses
-(``cuda_device_index``, ``process_device``), and whether it trades speed for run-to-run
-identical results (``configure_backends``).
+Questions every run answers before its first kernel: which device it computes on
+(``resolve_device``; on a GPU machine, which GPU: ``cuda_device_index``, ``process_device``),
+whether it trades speed for run-to-run identical results (``configure_backends``), how its
+random streams start (``seed_everything``), what hardware it ran on (``machine_description``),
+and which processes it shares the work with (``DistributedContext``, ``init_distributed``).
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process's environment; with a world of
+more than one process the run joins a process group (gloo on CPU, nccl on CUDA) and every
+collective of the context reaches all ranks. Without those variables everything is a
+single-process no-op, so the same code runs unchanged on one device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+
+from sgl_betty.errors import ConfigError
 
 # cuBLAS needs a fixed workspace to be deterministic (the value the CUDA docs and PyTorch name).
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
@@ -72,3 +88,124 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of a run's ``device`` setting: ``auto`` (a GPU when one is visible), ``cpu``,
+    ``cuda``; ``cuda`` without a visible GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global random streams (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def machine_description(device: torch.device) -> str:
+    """The hardware a run computes on, as a summary records it (the GPU's name, or the CPU's
+    architecture and torch's thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place among the processes of a run, and the collectives between them."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, values: list[float] | torch.Tensor) -> list[float]:
+        """The sums over every rank of ``values`` (floats, or a 1-d tensor on any device: then
+        the only host sync is the final read)."""
+        tensor = torch.as_tensor(values, dtype=torch.float64)
+        if self.enabled:
+            tensor = tensor.to(self._collective_device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def gather(self, value) -> list:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's BatchNorm statistics everywhere.
+
+        DDP keeps parameters equal through the averaged gradients, but each rank updates its
+        running statistics from its own batches after the last broadcast; this makes every rank
+        test, save and checksum one and the same network.
+        """
+        if not self.enabled:
+            return
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    @property
+    def _collective_device(self) -> torch.device:
+        # nccl only moves CUDA tensors; gloo takes CPU ones.
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def launched_distributed() -> bool:
+    """True when started by torchrun (or another launcher) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """The context of this process; joins the process group on first use under torchrun.
+
+    ``device`` is the device type the run asked for; under torchrun a CUDA run takes this
+    process's GPU (``cuda_device_index``).
+    """
+    if not launched_distributed():
+        return DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # all_gather_object and nccl collectives use the current device, which this sets.
+    device = process_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def weights_checksum(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, by name: equal only for bitwise-equal weights
+    (what every rank of a data-parallel run must hold)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
-from sgl_betty.evaluation import load_trained_network, weights_checksum
+from sgl_betty.evaluation import load_trained_network
+from sgl_betty.runtime import weights_checksum
 from sgl_betty.tracking import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from sgl_betty.evaluation import EvalTrainer, NetworkCIFAR, TrainingSettings, init_distributed
+from sgl_betty.evaluation import EvalTrainer, NetworkCIFAR, TrainingSettings
 from sgl_betty.evaluation.trainer import EpochSums
 from sgl_betty.experiment.config import ConfigError, load_config
 from sgl_betty.experiment.evaluate import training_settings
+from sgl_betty.runtime import init_distributed
 
 # Everything that copies a tensor's value to the host: a synchronisation on a GPU.
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")

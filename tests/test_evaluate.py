@@ -16,13 +16,12 @@ from sgl_betty.evaluation import (
     EvalTrainer,
     NetworkCIFAR,
     TrainingSettings,
-    init_distributed,
     load_trained_network,
-    weights_checksum,
 )
 from sgl_betty.experiment.genotype_source import resolve_eval_genotype
 from sgl_betty.genotypes import PUBLISHED, genotype_to_dict
 from sgl_betty.params import count_parameters_m
+from sgl_betty.runtime import init_distributed, weights_checksum
 from sgl_betty.tracking import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -8,16 +8,16 @@ import warnings
 import pytest
 import torch
 
-from sgl_betty.evaluation import distributed
+from sgl_betty import runtime
 from sgl_betty.experiment import evaluate, search
 from sgl_betty.experiment.config import load_config
 from sgl_betty.experiment.pipeline import search_and_evaluate_stage
-from sgl_betty.experiment.search import resolve_device
 from sgl_betty.runtime import (
     CUBLAS_DETERMINISTIC_WORKSPACE,
     configure_backends,
     cuda_device_index,
     process_device,
+    resolve_device,
 )
 
 
@@ -60,8 +60,8 @@ def test_torchrun_with_one_gpu_per_process_takes_gpu_0(monkeypatch, one_visible_
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
-    context = distributed.init_distributed(torch.device("cuda"))
+    monkeypatch.setattr(runtime.dist, "is_initialized", lambda: True)
+    context = runtime.init_distributed(torch.device("cuda"))
     assert context.device == torch.device("cuda", 0)
     assert one_visible_gpu == [torch.device("cuda", 0)]
     assert (context.rank, context.world_size, context.local_rank) == (1, 2, 1)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sgl_betty.evaluation.distributed import DistributedContext
 from sgl_betty.experiment import search
 from sgl_betty.experiment.config import ConfigError, batch_per_process, load_config
+from sgl_betty.runtime import DistributedContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from recipe import main  # noqa: E402

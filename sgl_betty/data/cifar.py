@@ -21,17 +21,9 @@ from pathlib import Path
 
 from torchvision import datasets
 
-from sgl_betty.errors import UserError
+from sgl_betty.errors import DatasetCorruptedError, DatasetNotFoundError
 
 LOCAL_CHECKSUMS_FILE = "sgl_betty_local_checksums.json"
-
-
-class DatasetNotFoundError(UserError, FileNotFoundError):
-    """The dataset's files are not on disk and downloading was not requested."""
-
-
-class DatasetCorruptedError(UserError, RuntimeError):
-    """The dataset's files are on disk but fail their checksum."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
-from .cifar import DatasetCorruptedError, DatasetNotFoundError
+from sgl_betty.errors import DatasetCorruptedError, DatasetNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

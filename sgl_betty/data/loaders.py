@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from sgl_betty.choices import SearchDataset, UnlabeledSource, values
+
 from .cifar import CIFAR_SPECS, CifarSpec, is_locally_generated, load_cifar
 from .seeding import seeded_generator
 from .splits import WithoutLabels, darts_split, first, subset
@@ -26,8 +28,8 @@ from .transforms import (
     tensor_augmentation,
 )
 
-DATASETS = ("cifar100", "cifar10", "synthetic")
-UNLABELED_SOURCES = ("cifar10", "cifar100", "train", "synthetic")
+DATASETS = values(SearchDataset)
+UNLABELED_SOURCES = values(UnlabeledSource)
 # The paper's D_u: the other CIFAR's images (Section 3.1); synthetic has its own pool.
 PAPER_UNLABELED = {"cifar100": "cifar10", "cifar10": "cifar100", "synthetic": "synthetic"}
 

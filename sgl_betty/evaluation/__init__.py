@@ -1,13 +1,6 @@
-"""Training a searched cell from scratch: the evaluation networks, their training loop, the
-multi-process context and the saved model."""
+"""Training a searched cell from scratch: the evaluation networks, their training loop and the
+saved model (the multi-process context is ``sgl_betty.runtime``'s)."""
 
-from sgl_betty.evaluation.distributed import (
-    DistributedContext,
-    init_distributed,
-    launched_distributed,
-    shutdown_distributed,
-    weights_checksum,
-)
 from sgl_betty.evaluation.networks import (
     AuxiliaryHeadCIFAR,
     AuxiliaryHeadImageNet,
@@ -33,7 +26,6 @@ __all__ = [
     "LR_SCHEDULES",
     "AuxiliaryHeadCIFAR",
     "AuxiliaryHeadImageNet",
-    "DistributedContext",
     "EpochResult",
     "EvalCell",
     "EvalTrainer",
@@ -43,10 +35,6 @@ __all__ = [
     "TestResult",
     "TrainingSettings",
     "drop_path",
-    "init_distributed",
-    "launched_distributed",
     "load_trained_network",
-    "shutdown_distributed",
     "trained_network_payload",
-    "weights_checksum",
 ]

@@ -21,20 +21,31 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import DistributedContext
+from sgl_betty.choices import LRSchedule, Precision, values
+from sgl_betty.runtime import DistributedContext
 
-LR_SCHEDULES = ("cosine", "step")
+LR_SCHEDULES = values(LRSchedule)
 # Autocast dtype of the forward passes per precision; weights, gradients and momentum stay float32.
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+AUTOCAST_DTYPES = {Precision.fp32.value: None, Precision.bf16.value: torch.bfloat16}
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainingSettings:
+    """How ``EvalTrainer`` trains: the schedule, the optimizer and the regularisation.
+
+    Also the training part of the recipes' ``eval`` section: ``experiment.config.EvalSchema``
+    extends it, so that both read the same fields with the same defaults (the recipes give
+    ``epochs`` the paper's 600). Not frozen, since OmegaConf makes a frozen dataclass's node
+    read-only.
+    """
+
     epochs: int
     lr: float = 0.025
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    lr_schedule: str = "cosine"
+    # cosine to 0 over the epochs (DARTS CIFAR) or step: times lr_gamma every lr_decay_period
+    # epochs (DARTS ImageNet).
+    lr_schedule: str = LRSchedule.cosine.value
     lr_gamma: float = 0.97
     lr_decay_period: int = 1
     # Only used when the network was built with an auxiliary head.
@@ -45,7 +56,8 @@ class TrainingSettings:
     label_smoothing: float = 0.0
     # None: every batch of the loader; a number caps an epoch (quick runs).
     steps_per_epoch: int | None = None
-    precision: str = "fp32"
+    # fp32, or bf16 autocast for the forward passes (GPU); weights and optimizer stay float32.
+    precision: str = Precision.fp32.value
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:

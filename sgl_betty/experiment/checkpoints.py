@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from sgl_betty.errors import RunFolderError
+from sgl_betty.errors import RunFolderError, UnreadableFileError
 from sgl_betty.tracking import RunFolder, load_torch_file, read_run_kind
 from sgl_betty.tracking.summaries import summary_kind
-from sgl_betty.tracking.torch_files import UnreadableFileError
 
 from .interruption import CHECKPOINT, upgrade_rng_state
 

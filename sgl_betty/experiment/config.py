@@ -18,34 +18,36 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from sgl_betty.config import HYPERGRAD_TYPES, HypergradConfig, SGLConfig
+from sgl_betty.choices import (
+    Choice,
+    Device,
+    EvalLearners,
+    HypergradType,
+    Precision,
+    SearchDataset,
+    SkipDecay,
+    UnlabeledSource,
+    WandbMode,
+    values,
+)
+from sgl_betty.config import HypergradConfig, SGLConfig
 from sgl_betty.errors import ConfigError
+from sgl_betty.evaluation.trainer import TrainingSettings
 from sgl_betty.secret_env import secrets_in
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
 
 from .config_checks import check_values
+from .methods import SEARCH_METHODS
 from .resume_policy import check_resume_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DATASETS = ("cifar100", "cifar10", "synthetic")
-UNLABELED = ("cifar10", "cifar100", "train", "synthetic")
-DEVICES = ("auto", "cpu", "cuda")
-WANDB_MODES = ("online", "offline", "disabled")
-EVAL_LEARNERS = ("best", "all")
-PRECISIONS = ("fp32", "bf16")
 
 
-@dataclass
-class HypergradSchema:
-    type: str = "unrolled"
-    darts_alpha: float = 0.01
-    neumann_iterations: int = 1
-    neumann_alpha: float = 1.0
-    cg_iterations: int = 1
-    cg_alpha: float = 1.0
-    # unrolled: the mixed second derivatives exactly (double backward) instead of Eq. 9's
-    # finite differences.
-    unrolled_exact: bool = False
+def recipe_hypergrad() -> HypergradConfig:
+    """The ``hypergrad`` node's defaults: the library's ``HypergradConfig`` with the paper's
+    ``unrolled`` hypergradient, the recipes' default since they have existed, where a library
+    user who builds ``HypergradConfig()`` gets ``first_order`` (DARTS-1st, the released code)."""
+    return HypergradConfig(type=HypergradType.unrolled.value)
 
 
 @dataclass
@@ -74,7 +76,7 @@ class SearchSchema:
     # Batches of D_val for the final search validation accuracy (None: all of D_val).
     val_batches: int | None = None
     # fp32, or bf16 autocast (GPU); channels-last memory format for networks and batches.
-    precision: str = "fp32"
+    precision: str = Precision.fp32.value
     channels_last: bool = False
     # Bitwise-reproducible kernels (torch.use_deterministic_algorithms, cuDNN without benchmark,
     # cuBLAS workspace): identical results after a resume on a GPU too, at some speed.
@@ -86,7 +88,7 @@ class SearchSchema:
     # PC-DARTS: an edge's ops see 1/pc_partial_channels of its channels (the reference's K = 4).
     pc_partial_channels: int = 4
     # DARTS-: how the auxiliary skip's weight beta falls from 1 to 0 (linear or cosine).
-    darts_minus_decay: str = "linear"
+    darts_minus_decay: str = SkipDecay.linear.value
     # P-DARTS stages (one entry per stage): cells search.layers + pdarts_add_layers[s] (5, 11, 17),
     # candidate ops kept per edge after the stage (8 -> 5 -> 3 -> 1), initial rate of the dropout
     # after skip_connect (the P-DARTS paper's CIFAR-100 rates; CIFAR-10: 0.0, 0.4, 0.7).
@@ -112,8 +114,8 @@ class SyntheticSchema:
 
 @dataclass
 class DataSchema:
-    dataset: str = "cifar100"
-    unlabeled: str = "cifar10"
+    dataset: str = SearchDataset.cifar100.value
+    unlabeled: str = UnlabeledSource.cifar10.value
     root: str = "data"
     download: bool = False
     train_portion: float = 0.5
@@ -152,39 +154,29 @@ class ImageNetSchema:
 
 
 @dataclass
-class EvalSchema:
-    """Training a found cell from scratch (the paper's Section 3.2, DARTS's train.py)."""
+class EvalSchema(TrainingSettings):
+    """Training a found cell from scratch (the paper's Section 3.2, DARTS's train.py).
 
+    The trainer's fields (schedule, optimizer, regularisation, precision) are
+    ``TrainingSettings``'s, with its defaults; this adds the network, the data and the run.
+    """
+
+    # The paper's (and DARTS's) 600 epochs; the trainer itself has no default.
+    epochs: int = 600
     # A name in sgl_betty.genotypes.PUBLISHED (DARTS_V2) or "<search run folder>:<learner>".
     genotype: str | None = None
     # With --stage all: "best" (highest search val acc) or "all" learners' genotypes.
-    learners: str = "best"
-    epochs: int = 600
+    learners: str = EvalLearners.best.value
     batch_size: int = 96
     init_channels: int = 36
     layers: int = 20
     auxiliary: bool = True
-    auxiliary_weight: float = 0.4
     cutout: bool = True
     cutout_length: int = 16
-    drop_path_prob: float = 0.2
-    grad_clip: float = 5.0
-    lr: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    # None: full passes; numbers cap an epoch / the test pass (quick runs).
-    steps_per_epoch: int | None = None
+    # None: the whole test set; a number caps the test pass (quick runs).
     test_batches: int | None = None
     # None: data.dataset (the searched CIFAR, or synthetic); "imagenet": eval.imagenet.
     dataset: str | None = None
-    # "cosine" to 0 over the epochs (DARTS CIFAR) or "step": times lr_gamma every
-    # lr_decay_period epochs (DARTS ImageNet).
-    lr_schedule: str = "cosine"
-    lr_gamma: float = 0.97
-    lr_decay_period: int = 1
-    label_smoothing: float = 0.0
-    # fp32, or bf16 autocast for the forward passes (GPU); weights and optimizer stay float32.
-    precision: str = "fp32"
     # As search.deterministic, for the evaluation.
     deterministic: bool = False
     imagenet: ImageNetSchema = field(default_factory=ImageNetSchema)
@@ -199,7 +191,7 @@ class TrackingSchema:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-    mode: str = "offline"
+    mode: str = WandbMode.offline.value
     figures: bool = True
 
 
@@ -217,9 +209,9 @@ class RunConfig:
     seeds: list[int] | None = None
     learners: int = 2
     lam: float = 0.1
-    device: str = "auto"
+    device: str = Device.auto.value
     search: SearchSchema = field(default_factory=SearchSchema)
-    hypergrad: HypergradSchema = field(default_factory=HypergradSchema)
+    hypergrad: HypergradConfig = field(default_factory=recipe_hypergrad)
     data: DataSchema = field(default_factory=DataSchema)
     run: RunSchema = field(default_factory=RunSchema)
     eval: EvalSchema = field(default_factory=EvalSchema)
@@ -227,7 +219,8 @@ class RunConfig:
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
 
 
-def _check_choice(key: str, value: Any, allowed) -> None:
+def _check_choice(key: str, value: Any, choice: type[Choice] | list[str]) -> None:
+    allowed = values(choice) if isinstance(choice, type) else choice
     if value not in allowed:
         raise ConfigError(
             f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}"
@@ -280,17 +273,15 @@ def validate(cfg: DictConfig) -> None:
         )
     if not cfg.lam >= 0:
         raise ConfigError(f"lam={cfg.lam} is invalid; the pseudo-label weight must be >= 0")
-    from .methods import SEARCH_METHODS  # the registry: methods register themselves on import
-
     _check_choice("search.method", cfg.search.method, sorted(SEARCH_METHODS))
-    _check_choice("hypergrad.type", cfg.hypergrad.type, HYPERGRAD_TYPES)
-    _check_choice("data.dataset", cfg.data.dataset, DATASETS)
-    _check_choice("data.unlabeled", cfg.data.unlabeled, UNLABELED)
-    _check_choice("device", cfg.device, DEVICES)
-    _check_choice("search.precision", cfg.search.precision, PRECISIONS)
-    _check_choice("eval.precision", cfg.eval.precision, PRECISIONS)
-    _check_choice("tracking.mode", cfg.tracking.mode, WANDB_MODES)
-    _check_choice("eval.learners", cfg.eval.learners, EVAL_LEARNERS)
+    _check_choice("hypergrad.type", cfg.hypergrad.type, HypergradType)
+    _check_choice("data.dataset", cfg.data.dataset, SearchDataset)
+    _check_choice("data.unlabeled", cfg.data.unlabeled, UnlabeledSource)
+    _check_choice("device", cfg.device, Device)
+    _check_choice("search.precision", cfg.search.precision, Precision)
+    _check_choice("eval.precision", cfg.eval.precision, Precision)
+    _check_choice("tracking.mode", cfg.tracking.mode, WandbMode)
+    _check_choice("eval.learners", cfg.eval.learners, EvalLearners)
     if cfg.data.unlabeled == cfg.data.dataset and cfg.data.dataset != "synthetic":
         raise ConfigError(
             f"data.unlabeled={cfg.data.unlabeled!r} equals data.dataset: D_u would contain D_val's images; "
@@ -347,6 +338,11 @@ def validate(cfg: DictConfig) -> None:
             f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)"
         )
     check_values(cfg)
+
+
+def eval_dataset(cfg: DictConfig) -> str:
+    """The dataset the evaluation trains on: ``eval.dataset``, else the searched ``data.dataset``."""
+    return cfg.eval.dataset or cfg.data.dataset
 
 
 def batch_per_process(key: str, batch_size: int, world_size: int) -> int:
@@ -486,13 +482,13 @@ def sgl_config(cfg: DictConfig, **callables) -> SGLConfig:
     steps_warmup = 0  # set by the recipe from arch_warmup_epochs and the epoch length
     return SGLConfig(
         lam=cfg.lam,
-        hypergrad=HypergradConfig(**OmegaConf.to_container(cfg.hypergrad)),
+        hypergrad=OmegaConf.to_object(cfg.hypergrad),
         pseudo_label_arch_grad=cfg.search.pseudo_label_arch_grad,
         detach_pseudo_labels=cfg.search.detach_pseudo_labels,
         grad_clip_v=cfg.search.grad_clip,
         grad_clip_w=cfg.search.grad_clip,
         arch_warmup_steps=steps_warmup,
-        autocast_dtype=torch.bfloat16 if cfg.search.precision == "bf16" else None,
+        autocast_dtype=torch.bfloat16 if cfg.search.precision == Precision.bf16 else None,
         channels_last=cfg.search.channels_last,
         compile=cfg.search.compile,
         **callables,

@@ -33,14 +33,11 @@ from torch.nn import Module
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from sgl_betty.choices import EvalDataset, values
 from sgl_betty.data import build_eval_data
 from sgl_betty.data.imagenet import load_imagenet
 from sgl_betty.data.seeding import seeded_generator
-from sgl_betty.evaluation.distributed import (
-    DistributedContext,
-    init_distributed,
-    weights_checksum,
-)
+from sgl_betty.errors import NonFiniteError, RunInterrupted
 from sgl_betty.evaluation.saved_model import NetworkSpec, trained_network_payload
 from sgl_betty.evaluation.trainer import (
     LR_SCHEDULES,
@@ -52,8 +49,15 @@ from sgl_betty.evaluation.trainer import (
 )
 from sgl_betty.genotypes import Genotype, genotype_from_dict, genotype_to_dict
 from sgl_betty.params import count_parameters_m
-from sgl_betty.problems import NonFiniteError
-from sgl_betty.runtime import configure_backends
+from sgl_betty.runtime import (
+    DistributedContext,
+    configure_backends,
+    init_distributed,
+    machine_description,
+    resolve_device,
+    seed_everything,
+    weights_checksum,
+)
 from sgl_betty.tracking.summaries import (
     EvalSummary,
     SummaryMissing,
@@ -62,35 +66,21 @@ from sgl_betty.tracking.summaries import (
     read_summary,
 )
 
-from .config import ConfigError, batch_per_process
+from .config import ConfigError, batch_per_process, eval_dataset
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
-from .interruption import (
-    CHECKPOINT,
-    RunInterrupted,
-    rng_state,
-)
+from .interruption import CHECKPOINT, rng_state
 from .lifecycle import RunLifecycle, resume_command
 from .resources import out_of_memory
 from .run_dirs import default_eval_dir
-from .search import (
-    data_settings,
-    data_settings_checked,
-    machine_description,
-    resolve_device,
-    seed_everything,
-)
+from .search import data_settings, data_settings_checked
 
-EVAL_DATASETS = ("cifar100", "cifar10", "synthetic", "imagenet")
+EVAL_DATASETS = values(EvalDataset)
 CIFAR_IMAGE_SIZE = 32
 # The smallest map each auxiliary head accepts: CIFAR's pools 5/3 then convolves 2x2, ImageNet's
 # pools 5/2 then convolves 2x2.
 AUXILIARY_MIN_SIZE = {"cifar": 8, "imagenet": 7}
 # Stride-2 stages before the auxiliary head: the ImageNet stem's three, then two reduction cells.
 HALVINGS_BEFORE_AUXILIARY = {"cifar": 2, "imagenet": 5}
-
-
-def eval_dataset(cfg: DictConfig) -> str:
-    return cfg.eval.dataset or cfg.data.dataset
 
 
 def network_kind(dataset: str) -> str:

@@ -20,10 +20,6 @@ import torch.distributed as dist
 CHECKPOINT = "checkpoint.pt"
 
 
-class RunInterrupted(Exception):
-    """A signal stopped the run after a checkpoint; the message says how to resume."""
-
-
 class StopRequests:
     """Turns SIGINT and SIGTERM into a request honoured between two steps."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sgl_betty.evaluation.distributed import init_distributed, launched_distributed
+from sgl_betty.runtime import init_distributed, launched_distributed, resolve_device
 from sgl_betty.tracking import RunFolder
 from sgl_betty.tracking.summaries import SUMMARY_FILE, SeedsSummary, cost_label, legacy_cost_key
 
@@ -34,7 +34,6 @@ from .run_dirs import (
     default_search_dir,
     discarded_on_failed_start,
 )
-from .search import resolve_device
 
 
 def evaluate_stage(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:

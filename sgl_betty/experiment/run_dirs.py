@@ -14,6 +14,8 @@ from omegaconf import DictConfig
 from sgl_betty.errors import RunFolderError, UserError
 from sgl_betty.tracking import RunFolder, claim_run_folder
 
+from .config import eval_dataset
+
 RUNS = Path("runs")
 
 
@@ -34,8 +36,6 @@ def default_search_dir(cfg: DictConfig) -> Path:
 
 
 def default_eval_dir(cfg: DictConfig, label: str) -> Path:
-    from .evaluate import eval_dataset
-
     return RUNS / f"{_stamp()}-eval-{eval_dataset(cfg)}-{label}-{seeds_label(cfg)}"
 
 

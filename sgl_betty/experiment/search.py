@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import platform
-import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
@@ -26,33 +23,26 @@ from tqdm.auto import tqdm
 from sgl_betty.data import build_search_data
 from sgl_betty.engine import build_sgl_engine
 from sgl_betty.engine.precision import describe_policy
-from sgl_betty.errors import RunFolderError
-from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
+from sgl_betty.errors import RunFolderError, RunInterrupted
 from sgl_betty.genotypes import genotype_to_dict
-from sgl_betty.runtime import configure_backends
+from sgl_betty.runtime import (
+    DistributedContext,
+    configure_backends,
+    init_distributed,
+    machine_description,
+    resolve_device,
+    seed_everything,
+    weights_checksum,
+)
 from sgl_betty.tracking import RunFolder
 from sgl_betty.tracking.summaries import SearchSummary, cost_label, device_hours
 
 from .config import ConfigError, batch_per_process, sgl_config
-from .interruption import CHECKPOINT, RunInterrupted  # noqa: F401  (CHECKPOINT: for callers)
+from .interruption import CHECKPOINT  # noqa: F401  (for callers)
 from .lifecycle import RunLifecycle
 from .methods import SearchMethod, SearchStage, search_method, stage_learners
 from .resources import out_of_memory
 from .run_dirs import default_search_dir
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def data_settings(cfg: DictConfig) -> dict:
@@ -130,12 +120,6 @@ def softmaxed_weights(arch: torch.nn.Module) -> dict[str, list]:
         name: torch.softmax(p.detach().float(), dim=-1).cpu().tolist()
         for name, p in arch.named_parameters()
     }
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 LINE_FILES = ("metrics.jsonl", "genotypes.jsonl")

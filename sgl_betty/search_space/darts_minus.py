@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgl_betty.choices import SkipDecay, values
 from sgl_betty.genotypes import PRIMITIVES
 from sgl_betty.search_space.darts import Cell, MixedOp, SearchNetwork
 from sgl_betty.search_space.ops import FactorizedReduce
 from sgl_betty.search_space.scheduled import register_scalar, set_scalars
 
-AUXILIARY_SKIP_DECAYS: tuple[str, ...] = ("linear", "cosine")
+AUXILIARY_SKIP_DECAYS = values(SkipDecay)
 
 
 def auxiliary_skip_weight(progress: float, decay: str = "linear") -> float:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from sgl_betty.errors import UnknownOperationError
+
 OpFactory = Callable[[int, int, bool], nn.Module]
 
 
@@ -117,17 +119,6 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
         return self.bn(torch.cat([self.conv_even(x), self.conv_odd(x[:, :, 1:, 1:])], dim=1))
-
-
-class UnknownOperationError(KeyError, ValueError):
-    """An op name that is not in the registry.
-
-    A ValueError for users; also a KeyError so that the registry still behaves like a dict.
-    """
-
-    def __str__(self) -> str:
-        # KeyError.__str__ would print the message inside quotes.
-        return str(self.args[0])
 
 
 class OpRegistry(dict):

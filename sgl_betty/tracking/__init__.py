@@ -10,9 +10,10 @@ from .compare import (
 )
 from .durable import atomic_write_bytes, durable_write
 from .figures import draw_cell, draw_run_figures, draw_training_curves, draw_weight_heatmaps
+from .from_config import build_tracker
 from .run_folder import RunFolder, claim_run_folder, read_jsonl, read_run_kind
 from .torch_files import TRUST_FLAG, UnsafeFileError, load_torch_file, save_torch_file
-from .tracker import FigureTracker, Tracker, build_tracker
+from .tracker import FigureTracker, Tracker
 from .wandb_tracker import WandbTracker
 
 __all__ = [

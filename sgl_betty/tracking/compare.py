@@ -33,6 +33,7 @@ from sgl_betty.errors import ConfigError
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations
 
 from .figures import save_png
+from .run_folder import run_name
 from .summaries import (
     SUMMARY_FILE,
     EvalSummary,
@@ -43,7 +44,6 @@ from .summaries import (
     read_summary,
 )
 from .summaries import finite_number as _number
-from .tracker import run_name
 
 # Config keys (dotted, or prefixes ending in ".") that do not make a different setting.
 NOT_SETTING = (

@@ -32,9 +32,8 @@ from matplotlib.ticker import MaxNLocator
 from sgl_betty.genotypes import PRIMITIVES, num_edges
 
 from .durable import atomic_write_bytes
-from .run_folder import read_jsonl
+from .run_folder import read_jsonl, run_name
 from .summaries import summary_data
-from .tracker import run_name
 
 FIGURE_DPI = 100
 # (width, height) in inches; at FIGURE_DPI every PNG of a kind has the same size in pixels.

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ RUN_KINDS = ("search", "eval", "seeds")
 FOLDER_FORMAT = 2
 # The files that make a folder a run folder of this project (earlier versions had no run.json).
 RUN_MARKERS = (RUN_FILE, "config.yaml", "checkpoint.pt", "summary.json", "metrics.jsonl")
+
+
+# Folders that a recipe nests inside another run folder; their names alone say little.
+_NESTED_RUN_FOLDER = re.compile(r"(seed-\d+|eval-learner\d+)")
+
+
+def run_name(run_dir: str | Path) -> str:
+    """A run folder's name, prefixed by the run folders it is nested in
+    (``runs/x/seed-1/eval-learner0`` -> ``x/seed-1/eval-learner0``)."""
+    path = Path(run_dir).resolve()
+    parts = [path.name]
+    while _NESTED_RUN_FOLDER.fullmatch(path.name) and path.parent.name:
+        path = path.parent
+        parts.insert(0, path.name)
+    return "/".join(parts)
 
 
 def _json_default(value: Any):

@@ -26,19 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgl_betty.errors import RunFolderError
+from sgl_betty.errors import RunFolderError, UnreadableFileError, UnsafeFileError
 
 from .durable import durable_write
 
 TRUST_FLAG = "--trust-checkpoint"
-
-
-class UnsafeFileError(RunFolderError):
-    """A torch file that only unpickling arbitrary objects would read."""
-
-
-class UnreadableFileError(RunFolderError):
-    """A torch file that is truncated, damaged or not a torch file at all."""
 
 
 def _numpy_array_globals() -> list:

@@ -1,35 +1,14 @@
 """The seam between a run and experiment trackers (W&B, figures): a run reports to a Tracker.
 
-The base class does nothing, so a run without tracking pays nothing. ``build_tracker`` picks
-what the config's ``tracking`` section asks for:
-
-| tracking.wandb | tracking.mode | tracking.figures | tracker |
-| --- | --- | --- | --- |
-| true | online / offline | either | ``WandbTracker`` (draws the figures too when asked) |
-| false, or mode disabled | | true | ``FigureTracker`` |
-| false, or mode disabled | | false | ``Tracker`` (nothing) |
+The base class does nothing, so a run without tracking pays nothing; ``build_tracker``
+(``from_config.py``) picks the tracker a run config asks for.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Any
-
-# Folders that a recipe nests inside another run folder; their names alone say little.
-_NESTED_RUN_FOLDER = re.compile(r"(seed-\d+|eval-learner\d+)")
-
-
-def run_name(run_dir: str | Path) -> str:
-    """A run folder's name, prefixed by the run folders it is nested in
-    (``runs/x/seed-1/eval-learner0`` -> ``x/seed-1/eval-learner0``)."""
-    path = Path(run_dir).resolve()
-    parts = [path.name]
-    while _NESTED_RUN_FOLDER.fullmatch(path.name) and path.parent.name:
-        path = path.parent
-        parts.insert(0, path.name)
-    return "/".join(parts)
 
 
 class Tracker:
@@ -77,29 +56,3 @@ class FigureTracker(Tracker):
                 RuntimeWarning,
                 stacklevel=2,
             )
-
-
-def build_tracker(cfg, folder) -> Tracker:
-    """The tracker for a run of config ``cfg`` writing into ``folder`` (a ``RunFolder``).
-
-    Processes that do not write the run folder (non-zero ranks) get the do-nothing tracker.
-    """
-    if not folder.enabled:
-        return Tracker()
-    tracking = cfg.tracking
-    if tracking.wandb and tracking.mode != "disabled":
-        from .wandb_tracker import WandbTracker
-
-        return WandbTracker(
-            folder.path,
-            project=tracking.project,
-            entity=tracking.entity,
-            group=tracking.group,
-            tags=list(tracking.tags or []),
-            mode=tracking.mode,
-            figures=tracking.figures,
-            announce=bool(cfg.run.progress),
-        )
-    if tracking.figures:
-        return FigureTracker(folder.path)
-    return Tracker()

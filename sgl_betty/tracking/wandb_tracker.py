@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
-from .tracker import FigureTracker, run_name
+from .run_folder import run_name
+from .tracker import FigureTracker
 
 GENOTYPE_COLUMNS = ["epoch", "step", "learner", "normal", "reduce", "genotype"]
 
