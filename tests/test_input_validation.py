@@ -67,6 +67,7 @@ def test_any_override_is_accepted_or_rejected_with_a_config_error(pairs):
         ("device=tpu", "device"),
         ("hypergrad.neumann_iterations=-2", "hypergrad.neumann_iterations"),
         ("lerners=2", "learners"),
+        ("tracking.tags={a: 1}", "tracking.tags"),
     ],
 )
 def test_named_errors(override, named):

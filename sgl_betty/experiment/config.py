@@ -405,7 +405,7 @@ def load_config(
         cfg = OmegaConf.structured(RunConfig)
         for layer in _preset_chain(str(preset), recipe, config_dir):
             cfg = OmegaConf.merge(cfg, layer)
-        cfg = OmegaConf.merge(cfg, cli)
+        cfg = _merge_overrides(cfg, cli, overrides)
         cfg.preset = str(preset)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
@@ -413,6 +413,24 @@ def load_config(
         raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
     validate(cfg)
     return cfg
+
+
+def _merge_overrides(cfg: DictConfig, cli: DictConfig, overrides: list[str]) -> DictConfig:
+    """The overrides on top of the presets; a value of the wrong shape (a mapping or a list
+    where the schema holds the other) is named instead of OmegaConf's bare TypeError."""
+    try:
+        return OmegaConf.merge(cfg, cli)
+    except TypeError:
+        for item in overrides:
+            try:
+                OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            except TypeError:
+                key = item.split("=", 1)[0]
+                raise ConfigError(
+                    f"override {item!r}: {key} cannot take a value of that shape "
+                    "(a mapping or a list where the config holds something else)"
+                ) from None
+        raise
 
 
 def config_keys(node: Any = None, prefix: str = "") -> list[str]:
