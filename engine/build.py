@@ -137,36 +137,10 @@ def _optimization(params, make_optimizer, make_scheduler=None) -> dict:
     )
 
 
-def build_sgl_problems(
-    learners: Sequence[Learner],
-    data: Mapping[str, Iterable | None],
-    config: SGLConfig | None = None,
-    stages: SGLStages = SGLStages(),
-) -> tuple[list[SGLStage], Dependencies]:
-    """The SGL graph for K = len(learners) learners, not yet run: (problems, dependencies).
-
-    ``data`` maps ``"train"`` and ``"val"`` to re-iterables of (x, y) and ``"unlabeled"`` to x
-    or (x, anything), None or absent for K = 1; an exhausted one restarts. ``problems`` holds
-    the V stages (K > 1), W stages and architecture stages, in that order; ``dependencies`` is
-    Betty's ``{"l2u": {...}, "u2l": {...}}``. Both may be extended with problems of one's own
-    before ``engine_from_problems`` runs them (README, "Adding a level").
-    """
-    config = config or SGLConfig()
-    learners = list(learners)
-    _check_learners(learners, data)
+def _weight_stages(learners: list[Learner], stages: SGLStages, config: SGLConfig, shared: dict):
+    """Every learner's V stage (K > 1) and W stage."""
     num = len(learners)
-    register_solvers()
-    batches = SharedBatches(
-        {split: data.get(split) for split in DATA_SPLITS if num > 1 or split != "unlabeled"},
-        channels_last=config.channels_last,
-    )
-    if config.channels_last:
-        for learner in learners:
-            for net in (learner.v_net, learner.w_net):
-                if net is not None:
-                    net.to(memory_format=torch.channels_last)
-    shared = dict(batches=batches, sgl=config, non_finite=NonFiniteWatch())
-    v_stages, w_stages, arch_stages = [], [], []
+    v_stages, w_stages = [], []
     for k, learner in enumerate(learners):
         if num > 1:
             v_stages.append(
@@ -198,19 +172,52 @@ def build_sgl_problems(
                 **shared,
             )
         )
+    return v_stages, w_stages
+
+
+def build_sgl_problems(
+    learners: Sequence[Learner],
+    data: Mapping[str, Iterable | None],
+    config: SGLConfig | None = None,
+    stages: SGLStages = SGLStages(),
+) -> tuple[list[SGLStage], Dependencies]:
+    """The SGL graph for K = len(learners) learners, not yet run: (problems, dependencies).
+
+    ``data`` maps ``"train"`` and ``"val"`` to re-iterables of (x, y) and ``"unlabeled"`` to x
+    or (x, anything), None or absent for K = 1; an exhausted one restarts. ``problems`` holds
+    the V stages (K > 1), W stages and architecture stages, in that order; ``dependencies`` is
+    Betty's ``{"l2u": {...}, "u2l": {...}}``. Both may be extended with problems of one's own
+    before ``engine_from_problems`` runs them (README, "Adding a level").
+    """
+    config = config or SGLConfig()
+    learners = list(learners)
+    _check_learners(learners, data)
+    num = len(learners)
+    register_solvers()
+    batches = SharedBatches(
+        {split: data.get(split) for split in DATA_SPLITS if num > 1 or split != "unlabeled"},
+        channels_last=config.channels_last,
+    )
+    if config.channels_last:
+        for learner in learners:
+            for net in (learner.v_net, learner.w_net):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+    shared = dict(batches=batches, sgl=config, non_finite=NonFiniteWatch())
+    v_stages, w_stages = _weight_stages(learners, stages, config, shared)
     hypergradient = hypergradient_strategy(config, w_stages, batches)
-    for k, learner in enumerate(learners):
-        arch_stages.append(
-            stages.arch(
-                k,
-                learner.arch,
-                hypergradient,
-                **_optimization(learner.arch.parameters(), learner.arch_optimizer),
-                # Several hypergradient paths start from the same loss, so its graph is kept.
-                betty_config=Config(retain_graph=True, gradient_clipping=config.grad_clip_arch),
-                **shared,
-            )
+    arch_stages = [
+        stages.arch(
+            k,
+            learner.arch,
+            hypergradient,
+            **_optimization(learner.arch.parameters(), learner.arch_optimizer),
+            # Several hypergradient paths start from the same loss, so its graph is kept.
+            betty_config=Config(retain_graph=True, gradient_clipping=config.grad_clip_arch),
+            **shared,
         )
+        for k, learner in enumerate(learners)
+    ]
     if isinstance(hypergradient, OneSweep):
         hypergradient.arch_stages = list(arch_stages)
     record_unrolled_steps(config, v_stages, w_stages)

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_darts import tiny_batches, tiny_learners
 
-from sgl_betty import HypergradConfig, Learner, SGLConfig, build_sgl_engine
+from sgl_betty import HypergradConfig, SGLConfig, build_sgl_engine
 from sgl_betty.engine import SGLStages, build_sgl_problems, engine_from_problems
 from sgl_betty.problems import ArchStage, VStage, WStage
-from sgl_betty.search_space import Architecture, SearchNetwork
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-STEPS = 2  # intermediate nodes per cell: a tiny supernet
 LAM = 0.1  # the README's SGLConfig(lam=0.1)
 
 
@@ -34,15 +33,6 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def tiny_batches(count, labeled=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(count):
-        x = torch.randn(4, 3, 8, 8, generator=g)
-        batches.append((x, torch.randint(0, 5, (4,), generator=g)) if labeled else x)
-    return batches
-
-
 DATA = dict(
     train_loader=lambda: tiny_batches(3),
     val_loader=lambda: tiny_batches(3, seed=1),
@@ -50,33 +40,16 @@ DATA = dict(
 )
 
 
-def tiny_learners(num=2):
-    torch.manual_seed(0)
-
-    def net():
-        return SearchNetwork(4, 5, 3, steps=STEPS, multiplier=STEPS)
-
-    return [
-        Learner(
-            Architecture(steps=STEPS, multiplier=STEPS),
-            net(),
-            net(),
-            arch_optimizer=lambda params: torch.optim.Adam(params, lr=0.05),
-        )
-        for _ in range(num)
-    ]
-
-
 def readme_engine():
     """Run the README's "Adding a level" block on tiny learners; its engine and learners."""
-    learners = tiny_learners()
+    learners = tiny_learners(2)
     namespace = {"learners": learners} | {name: make() for name, make in DATA.items()}
     exec(compile(readme_block("### Adding a level"), str(README), "exec"), namespace)
     return namespace["engine"], learners
 
 
 def three_level_engine():
-    learners = tiny_learners()
+    learners = tiny_learners(2)
     config = SGLConfig(lam=LAM, hypergrad=HypergradConfig(type="darts"))
     data = [make() for make in DATA.values()]
     return build_sgl_engine(learners, *data, config, train_iters=1000, device="cpu"), learners
@@ -200,7 +173,7 @@ def test_readme_fourth_level_learns_lambda(float64):
 
 
 def test_build_sgl_engine_is_build_sgl_problems_then_engine_from_problems(float64):
-    learners = tiny_learners()
+    learners = tiny_learners(2)
     config = SGLConfig(lam=LAM, hypergrad=HypergradConfig(type="darts"))
     data = {"train": tiny_batches(3), "val": tiny_batches(3, seed=1)}
     data["unlabeled"] = tiny_batches(3, labeled=False, seed=2)
@@ -224,7 +197,7 @@ def test_stage_classes_must_subclass_the_defaults():
 
 
 def test_added_problem_must_be_an_sgl_stage():
-    learners = tiny_learners()
+    learners = tiny_learners(2)
     data = {"train": tiny_batches(1), "val": tiny_batches(1), "unlabeled": tiny_batches(1, False)}
     problems, dependencies = build_sgl_problems(learners, data)
     with pytest.raises(TypeError, match="subclasses sgl_betty.problems.SGLStage"):
