@@ -83,6 +83,7 @@ def mean_std_text(values, digits=2, scale=1.0):
 SEARCHES = ["fo-seed1", "fo-seed2", "darts-seed1"]
 
 
+@pytest.mark.slow
 def test_runs_table_has_one_row_per_run(runs):
     comparison = compare_runs(sorted(runs.iterdir()))
     report_rows = table(markdown_report(comparison), "Runs")

@@ -128,6 +128,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_kill_9_between_checkpoints_then_resume_reproduces_the_run(uninterrupted, tmp_path):
     process = start(tmp_path, pause_after_line=60)
     # The first epoch's row is written; its last checkpoint was taken after step 1 of 2.
@@ -142,6 +143,7 @@ def test_kill_9_between_checkpoints_then_resume_reproduces_the_run(uninterrupted
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_130_and_says_how_to_resume(uninterrupted, tmp_path, capsys):
     # Checkpoints at epoch ends only: the stop writes its own, inside the second epoch.
     process = start(tmp_path, "checkpoint.every_steps=0", sigterm_after_step=3)
@@ -289,6 +291,7 @@ def torchrun(*args, cwd, **hooks):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_two_processes_stop_together_and_resume_to_the_same_weights(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)

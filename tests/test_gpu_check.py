@@ -46,6 +46,7 @@ def check(tmp_path_factory):
     return line
 
 
+@pytest.mark.slow
 def test_the_check_says_what_ran_where(check):
     assert check["smoke"] is True and check["device"] == "cpu"
     assert check["hypergrad_types"] == list(HYPERGRAD_TYPES)

@@ -126,6 +126,7 @@ def lambda_gradient_reference(engine, radius=0.01):
     return total
 
 
+@pytest.mark.slow
 def test_readme_fourth_level_is_inert_at_learning_rate_zero(float64):
     """With lambda's learning rate 0, V, W and A take exactly the three-level graph's steps
     (float64, bitwise), though lambda receives a nonzero hypergradient every step."""
@@ -146,6 +147,7 @@ def test_readme_fourth_level_is_inert_at_learning_rate_zero(float64):
     assert engine.metrics()["learner0/lam_value"] == LAM
 
 
+@pytest.mark.slow
 def test_readme_fourth_level_learns_lambda(float64):
     """lambda's gradient is the ``darts`` hypergradient through every W_k; lambda moves, and
     from then on W trains with the learned weight."""
@@ -172,6 +174,7 @@ def test_readme_fourth_level_learns_lambda(float64):
     assert any(not torch.equal(a, b) for a, b in zip(w_params, w_reference))
 
 
+@pytest.mark.slow
 def test_build_sgl_engine_is_build_sgl_problems_then_engine_from_problems(float64):
     learners = tiny_learners(2)
     config = SGLConfig(lam=LAM, hypergrad=HypergradConfig(type="darts"))

@@ -68,6 +68,7 @@ def weakest_ops(alpha: torch.Tensor, per_edge: list[list[str]], keep: int) -> li
     return dropped
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_is_recorded(uninterrupted):
     run_dir, summary = uninterrupted
     stages = json.loads((run_dir / "stages.json").read_text())
@@ -169,6 +170,7 @@ def same_tensors(a: dict, b: dict) -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("stop_step", "stage", "stage_step"),
     [(3, 1, 1), (2, 0, 2)],  # mid-stage (mid-epoch), and the last step of the first stage

@@ -77,6 +77,7 @@ def report():
     return done.stdout, json.loads(lines[-1])
 
 
+@pytest.mark.slow
 def test_every_field_and_row(report):
     stdout, result = report
     assert result["unit_seconds"] > 0

@@ -133,6 +133,7 @@ def wandb_run(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_offline_run_lives_in_the_run_folder_and_prints_no_wandb_noise(wandb_run):
     result, run_dir = wandb_run["result"], wandb_run["dir"]
     offline_dir = wandb_run["wandb_file"].parent
@@ -244,6 +245,7 @@ def test_pictures_are_written_into_the_run_folder(wandb_run):
     assert not np.array_equal(*normal)
 
 
+@pytest.mark.slow
 def test_pictures_can_be_drawn_again_from_the_run_folder(wandb_run, tmp_path):
     written = draw_run_figures(wandb_run["dir"], out_dir=tmp_path)
     assert {path.name for path in written} == set(expected_figures())

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sgl_betty.config import HYPERGRAD_TYPES, HypergradConfig, SGLConfig
+from sgl_betty.configs import CONFIG_DIR
 from sgl_betty.errors import ConfigError
 from sgl_betty.secret_env import secrets_in
 from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
@@ -26,7 +27,6 @@ from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml
 from .config_checks import check_values
 from .resume_policy import check_resume_overrides
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DATASETS = ("cifar100", "cifar10", "synthetic")
 UNLABELED = ("cifar10", "cifar100", "train", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
