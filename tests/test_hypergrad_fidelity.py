@@ -74,6 +74,7 @@ def test_supernet_reports_every_type_precision_and_policy(supernet):
         assert (row["residual"] is not None) == has_solve
 
 
+@pytest.mark.slow
 def test_supernet_exact_unrolled_is_the_one_step_reference(supernet):
     _, report = supernet
     exact = next(
@@ -84,6 +85,7 @@ def test_supernet_exact_unrolled_is_the_one_step_reference(supernet):
     assert exact["cosine_one_step"] > 0.9999 and exact["error_one_step"] < 1e-4
 
 
+@pytest.mark.slow
 def test_supernet_radius_sweep(supernet):
     text, report = supernet
     rows = [row for row in report["rows"] if row["kind"] == "radius"]

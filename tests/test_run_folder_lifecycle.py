@@ -99,6 +99,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path, capsys):
 # ---- resume with overrides ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override", ["learners=3", "search.init_channels=8", "search.epochs=3", "lam=0.5", "seed=3"]
 )
@@ -151,6 +152,7 @@ def test_more_epochs_on_resume_only_where_the_schedule_allows(tmp_path, monkeypa
 # ---- damaged folders -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "named"),
     [
@@ -169,6 +171,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_fix(searches, tmp_path, dam
     assert str(folder / "checkpoint.pt") in err and named in err and "without --resume" in err
 
 
+@pytest.mark.slow
 def test_a_broken_config_names_the_file_and_the_line(searches, tmp_path, capsys):
     _, stopped = searches
     folder = shutil.copytree(stopped, tmp_path / "run")

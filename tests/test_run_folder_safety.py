@@ -332,6 +332,7 @@ def test_saved_files_hold_cpu_tensors_only(tmp_path):
     assert loaded["op_subsets"] == [(("skip_connect",), ("none",))]
 
 
+@pytest.mark.slow
 def test_run_folder_torch_files_load_as_plain_data(interrupted_and_full):
     full, stopped = interrupted_and_full
     for path in (stopped / "checkpoint.pt", full / "architecture.pt", full / "checkpoint.pt"):
@@ -457,6 +458,7 @@ def test_no_secret_reaches_the_run_folder_wandb_or_the_console(tmp_path):
     assert secrets["HF_TOKEN"] not in leak.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_run_folder_records_its_kind_in_run_json(interrupted_and_full):
     full, _ = interrupted_and_full
     assert json.loads((full / "run.json").read_text()) == {
