@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sgl-betty-installed
 
-.PHONY: install test demo gpu-check lint clean
+.PHONY: install test test-fast demo gpu-check lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): $(PY) pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Everything but the tests marked slow (recipes end to end, subprocesses, wheel builds).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 demo: $(STAMP)
 	$(PY) benchmarks/cifar100.py preset=smoke

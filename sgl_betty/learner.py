@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .contracts import ArchitectureModule, SearchableNetwork, check_architecture, check_network
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], object]
 
@@ -27,14 +29,15 @@ class Learner:
     """One learner k.
 
     ``arch`` is an nn.Module whose ``forward()`` returns the architecture weights; ``v_net`` and
-    ``w_net`` are called as ``net(x, arch())``. V_k and W_k are separate networks sharing A_k.
+    ``w_net`` are called as ``net(x, arch())`` (the contracts in ``sgl_betty.contracts``, checked
+    here). V_k and W_k are separate networks sharing A_k.
     With a single learner (K = 1) there is no V stage and ``v_net`` may be None.
     Optimizer factories take an iterable of parameters; scheduler factories take an optimizer.
     """
 
-    arch: nn.Module
-    v_net: nn.Module | None
-    w_net: nn.Module
+    arch: ArchitectureModule
+    v_net: SearchableNetwork | None
+    w_net: SearchableNetwork
     v_optimizer: OptimizerFactory | None = None
     w_optimizer: OptimizerFactory | None = None
     arch_optimizer: OptimizerFactory | None = None
@@ -51,6 +54,10 @@ class Learner:
             raise TypeError(f"Learner.v_net must be an nn.Module or None, got {type(self.v_net)}")
         if self.v_net is not None and self.v_net is self.w_net:
             raise ValueError("Learner.v_net and w_net must be two separate networks (V_k and W_k)")
+        check_architecture(self.arch, "Learner.arch")
+        for name in ("v_net", "w_net"):
+            if getattr(self, name) is not None:
+                check_network(getattr(self, name), f"Learner.{name}")
         self.v_optimizer = self.v_optimizer or paper_weight_optimizer
         self.w_optimizer = self.w_optimizer or paper_weight_optimizer
         self.arch_optimizer = self.arch_optimizer or paper_arch_optimizer

@@ -105,6 +105,7 @@ def test_a_full_disk_during_the_run_is_a_message(tmp_path, capsys, monkeypatch):
     assert_one_paragraph(code, captured, "checkpoint.pt", "No space left on device")
 
 
+@pytest.mark.slow
 def test_compare_out_under_a_file_is_a_message(tmp_path, capsys):
     run = tmp_path / "run"
     assert main("cifar100", [*SEARCH, f"run.dir={run}"]) == 0
@@ -146,6 +147,7 @@ def cifar_run(root, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_a_bad_checksum_manifest_is_a_message(tmp_path, capsys):
     write_cifar10(tmp_path)
     folder = write_cifar100(tmp_path).folder
@@ -206,6 +208,7 @@ def test_the_user_chooses_threads(monkeypatch):
     assert chosen == [3] and line.endswith("(OMP_NUM_THREADS=1)")
 
 
+@pytest.mark.slow
 def test_the_recipe_prints_its_threads(tmp_path, capsys):
     code, captured = run_recipe([*SEARCH, "run.threads=1", f"run.dir={tmp_path / 'r'}"], capsys)
     assert code == 0 and "torch threads: 1 (run.threads)" in captured.out

@@ -83,6 +83,7 @@ def mean_std_text(values, digits=2, scale=1.0):
 SEARCHES = ["fo-seed1", "fo-seed2", "darts-seed1"]
 
 
+@pytest.mark.slow
 def test_runs_table_has_one_row_per_run(runs):
     comparison = compare_runs(sorted(runs.iterdir()))
     report_rows = table(markdown_report(comparison), "Runs")
@@ -112,6 +113,7 @@ def test_runs_table_has_one_row_per_run(runs):
         assert row["params (M)"] == f"{evaluation['params_m']:.3g}"
 
 
+@pytest.mark.slow
 def test_settings_table_has_mean_and_std_over_seeds(runs):
     report = markdown_report(compare_runs(sorted(runs.iterdir())))
     rows = table(report, "Settings")
@@ -146,6 +148,7 @@ def test_settings_table_has_mean_and_std_over_seeds(runs):
     assert published["test error %"] == mean_std_text([run["test_error"] for run in evaluations])
 
 
+@pytest.mark.slow
 def test_an_evaluation_inside_a_search_folder_gives_its_test_error(runs, tmp_path):
     search = tmp_path / "fo-seed1"
     shutil.copytree(runs / "fo-seed1", search)
@@ -163,6 +166,7 @@ def test_an_evaluation_inside_a_search_folder_gives_its_test_error(runs, tmp_pat
     assert row["test error %"] == "12.50 (learner 1)" and row["params (M)"] == "3.25"
 
 
+@pytest.mark.slow
 def test_cli_writes_report_and_plot_and_skips_what_is_not_a_run(runs, tmp_path, capsys):
     out, plot = tmp_path / "report.md", tmp_path / "compare.png"
     folders = [str(path) for path in sorted(runs.iterdir())]
@@ -189,6 +193,7 @@ def test_cli_writes_report_and_plot_and_skips_what_is_not_a_run(runs, tmp_path, 
     assert image[..., :3].std() > 0.02
 
 
+@pytest.mark.slow
 def test_cli_without_any_run_folder_fails_with_a_message(runs, capsys):
     assert compare_cli.main([str(runs / "notes"), str(runs / "unfinished")]) == 2
     assert "none of the given folders is a finished run folder" in capsys.readouterr().err

@@ -66,6 +66,7 @@ def search(kind, steps, backend=None):
     return architectures(learners), spies
 
 
+@pytest.mark.slow
 def test_first_order_compiled_descent_and_validation_give_the_eager_search():
     eager, _ = search("first_order", 3)
     compiled, spies = search("first_order", 3, backend="aot_eager")
@@ -76,6 +77,7 @@ def test_first_order_compiled_descent_and_validation_give_the_eager_search():
     assert spies["w_0"].calls == [True, True, False] * 3
 
 
+@pytest.mark.slow
 def test_second_order_solvers_stay_eager():
     eager, _ = search("unrolled", 2)
     compiled, spies = search("unrolled", 2, backend="eager")
@@ -96,6 +98,7 @@ def train_calls(network, arch, set_value, values):
             compiled(x, arch()).sum().backward()
 
 
+@pytest.mark.slow
 def test_darts_minus_beta_is_a_buffer_and_changing_it_does_not_recompile():
     network = DartsMinusSearchNetwork(2, 5, 3, steps=1, multiplier=1)
     betas = [1.0, 0.9, 0.75, 0.5]
@@ -107,6 +110,7 @@ def test_darts_minus_beta_is_a_buffer_and_changing_it_does_not_recompile():
     assert "beta" not in " ".join(network.state_dict())  # checkpoints as before
 
 
+@pytest.mark.slow
 def test_p_darts_skip_dropout_rate_is_a_buffer_and_changing_it_does_not_recompile():
     schedule = SkipDropoutSchedule(0.3, 5, 2)
     network = PDartsSearchNetwork(2, 5, 3, steps=1, multiplier=1, skip_dropout_schedule=schedule)
@@ -122,6 +126,7 @@ def test_the_recipe_switch_reaches_the_engine():
     assert load_config(["preset=tiny"], config_dir=CONFIGS).search.compile is False
 
 
+@pytest.mark.slow
 def test_drop_path_rate_is_a_buffer_and_changing_it_does_not_recompile():
     network = NetworkCIFAR(4, 10, 3, False, "DARTS_V2").train()
     compiled = torch.compile(network, backend="eager")

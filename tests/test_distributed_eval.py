@@ -16,6 +16,7 @@ from sgl_betty.tracking import read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights_and_one_run_folder(tmp_path):
     run = tmp_path / "ddp"
     command = [

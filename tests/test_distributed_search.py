@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_batch_keep_identical_architectures_and_write_once(tmp_path):
     run_dir = tmp_path / "run"
     command = [

@@ -58,6 +58,7 @@ def run(num, hypergrad, steps=2):
     return engine, learners, before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["first_order", "darts", "unrolled", "neumann", "cg"])
 def test_every_solver_moves_every_architecture(kind):
     hypergrad = HypergradConfig(
@@ -79,6 +80,7 @@ def test_every_solver_moves_every_architecture(kind):
     } <= set(metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num", [1, 2, 3])
 def test_graph_has_3k_problems_and_runs(num):
     engine, learners, _ = run(num, HypergradConfig(type="unrolled"), steps=1)
@@ -131,6 +133,7 @@ def test_first_order_has_no_paths():
     assert all(not p.paths for p in engine.problems)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["neumann", "cg", "unrolled", "unrolled_post_step", "darts"])
 def test_one_sweep_gives_betty_path_by_path_numbers(kind):
     # The engine computes all architectures' gradients in one sweep; Betty's own backward takes
@@ -168,6 +171,7 @@ def test_one_sweep_gives_betty_path_by_path_numbers(kind):
         assert torch.allclose(sweep, betty, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_run_with_float32_state():
     learners = tiny_learners(2)
     config = SGLConfig(

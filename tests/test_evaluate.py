@@ -212,6 +212,7 @@ QUICK_SEARCH = [
 ]
 
 
+@pytest.mark.slow
 def test_stage_all_searches_then_evaluates_inside_the_search_folder(tmp_path):
     run = tmp_path / "run"
     overrides = QUICK_SEARCH + ["eval.learners=all", f"run.dir={run}"]
@@ -226,6 +227,7 @@ def test_stage_all_searches_then_evaluates_inside_the_search_folder(tmp_path):
         assert 0 <= evaluation["test_error"] <= 100
 
 
+@pytest.mark.slow
 def test_stage_all_over_seeds_aggregates_the_best_learners_evaluations(tmp_path):
     run = tmp_path / "run"
     assert (

@@ -128,6 +128,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_kill_9_between_checkpoints_then_resume_reproduces_the_run(uninterrupted, tmp_path):
     process = start(tmp_path, pause_after_line=60)
     # The first epoch's row is written; its last checkpoint was taken after step 1 of 2.
@@ -142,6 +143,7 @@ def test_kill_9_between_checkpoints_then_resume_reproduces_the_run(uninterrupted
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_130_and_says_how_to_resume(uninterrupted, tmp_path, capsys):
     # Checkpoints at epoch ends only: the stop writes its own, inside the second epoch.
     process = start(tmp_path, "checkpoint.every_steps=0", sigterm_after_step=3)
@@ -176,6 +178,7 @@ def crash_at_step(monkeypatch, step):
     monkeypatch.setattr(EvalTrainer, "train_step", train_step)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "crash_step, position",
     [(3, (1, 0)), (4, (1, 1))],
@@ -194,6 +197,7 @@ def test_crash_then_resume_reproduces_the_run(
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_crash_after_the_last_epoch_resumes_to_the_summary(uninterrupted, tmp_path, monkeypatch):
     write_json = RunFolder.write_json
 
@@ -247,6 +251,7 @@ def test_several_seeds_resume_the_stopped_seed_and_skip_the_finished(tmp_path, m
     assert summary(run)["test_error_mean"] == summary(full)["test_error_mean"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_starts_again(uninterrupted, tmp_path, capsys):
     # What a run leaves before its first checkpoint: run.json, config.yaml, maybe metrics rows.
     for name in ("config.yaml", "run.json"):
@@ -261,6 +266,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(uninterrupted, t
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_errors_name_the_fix(uninterrupted, tmp_path, capsys):
     # Not a run folder at all.
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path / "nowhere")]) == 2
@@ -289,6 +295,7 @@ def torchrun(*args, cwd, **hooks):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_two_processes_stop_together_and_resume_to_the_same_weights(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)

@@ -46,6 +46,7 @@ def check(tmp_path_factory):
     return line
 
 
+@pytest.mark.slow
 def test_the_check_says_what_ran_where(check):
     assert check["smoke"] is True and check["device"] == "cpu"
     assert check["hypergrad_types"] == list(HYPERGRAD_TYPES)
@@ -55,6 +56,7 @@ def test_the_check_says_what_ran_where(check):
     assert check["config"]["search"]["init_channels"] == 4  # the smoke sizes
 
 
+@pytest.mark.slow
 def test_search_rows_time_every_hypergradient_type_and_a_bf16_row(check):
     timed = check["config"]["search"]["timed"]
     rows = check["search"]
@@ -76,6 +78,7 @@ def test_search_rows_time_every_hypergradient_type_and_a_bf16_row(check):
         assert row["finite_losses"] is True
 
 
+@pytest.mark.slow
 def test_evaluation_rows_train_the_network_and_read_the_test_pass_once(check):
     size = check["config"]["eval"]
     rows = check["evaluation"]
@@ -97,6 +100,7 @@ def test_evaluation_rows_train_the_network_and_read_the_test_pass_once(check):
         assert 0 < row["train_loss"] < 10
 
 
+@pytest.mark.slow
 def test_end_to_end_runs_the_recipe_search_then_evaluation(check):
     run = check["end_to_end"]
     assert run["error"] is None and run["returncode"] == 0, run.get("stderr_tail")

@@ -38,6 +38,7 @@ def arch_after_steps(steps, processes=None):
     return engine, [[p.detach().clone() for p in learner.arch.parameters()] for learner in learners]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("backend", "op"), [("gloo", dist.ReduceOp.SUM), ("nccl", dist.ReduceOp.AVG)]
 )

@@ -85,6 +85,7 @@ def host_resident(engine):
 CASES = [(kind, False) for kind in HYPERGRAD_TYPES] + [("unrolled", True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num", [1, 2])
 @pytest.mark.parametrize(("kind", "exact"), CASES)
 def test_engine_steps_never_read_a_value(num, kind, exact):
@@ -103,6 +104,7 @@ def test_engine_steps_never_read_a_value(num, kind, exact):
     assert len(metrics) > 3 * num
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(set(SEARCH_METHODS) - {"darts"}))
 def test_every_search_method_steps_without_reading_a_value(method):
     """The methods' per-step settings (DARTS-'s skip weight, P-DARTS's skip dropout) included."""

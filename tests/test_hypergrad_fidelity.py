@@ -57,6 +57,7 @@ def supernet():
     )
 
 
+@pytest.mark.slow
 def test_supernet_reports_every_type_precision_and_policy(supernet):
     _, report = supernet
     rows = [row for row in report["rows"] if row["kind"] == "fidelity"]
@@ -73,6 +74,7 @@ def test_supernet_reports_every_type_precision_and_policy(supernet):
         assert (row["residual"] is not None) == has_solve
 
 
+@pytest.mark.slow
 def test_supernet_exact_unrolled_is_the_one_step_reference(supernet):
     _, report = supernet
     exact = next(
@@ -83,6 +85,7 @@ def test_supernet_exact_unrolled_is_the_one_step_reference(supernet):
     assert exact["cosine_one_step"] > 0.9999 and exact["error_one_step"] < 1e-4
 
 
+@pytest.mark.slow
 def test_supernet_radius_sweep(supernet):
     text, report = supernet
     rows = [row for row in report["rows"] if row["kind"] == "radius"]
@@ -97,6 +100,7 @@ def test_supernet_radius_sweep(supernet):
     assert "| K | radius R |" in text
 
 
+@pytest.mark.slow
 def test_closed_form_table():
     text, report = run("learners=[2]", "repeats=1")
     errors = {row["type"]: row["error"] for row in report["rows"]}
@@ -116,6 +120,7 @@ def test_every_type_is_offered():
     assert {label for label, _ in module.solver_settings(0.025)} == TYPES
 
 
+@pytest.mark.slow
 def test_unknown_key_is_a_clean_error():
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "problemm=supernet"], capture_output=True, text=True

@@ -26,6 +26,7 @@ def relative_error(got, expected):
     return ((got - expected).norm() / expected.norm()).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_learners", [1, 2, 3])
 @pytest.mark.parametrize("solver", ["neumann", "cg"])
 def test_exact_solvers_match_closed_form(num_learners, solver):
@@ -37,6 +38,7 @@ def test_exact_solvers_match_closed_form(num_learners, solver):
         assert relative_error(got, exact[k]) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["neumann", "cg"])
 def test_without_direct_pseudo_label_term_matches_its_closed_form(solver):
     problem = Problem.random(2, seed=7)
@@ -61,6 +63,7 @@ def test_cross_learner_terms_are_present():
         assert relative_error(got, exact[k]) > 1e-3
 
 
+@pytest.mark.slow
 def test_first_order_is_the_direct_validation_gradient():
     problem = Problem.random(2, seed=5)
     engine = converged_engine(problem, HypergradConfig(type="first_order"))
@@ -72,6 +75,7 @@ def test_first_order_is_the_direct_validation_gradient():
         assert relative_error(got, direct) < 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["darts", "unrolled"])
 def test_approximate_solvers_point_the_right_way(solver):
     # darts / unrolled use an identity inverse Hessian: not exact, but on this well-conditioned
@@ -85,6 +89,7 @@ def test_approximate_solvers_point_the_right_way(solver):
         assert cosine > 0.5
 
 
+@pytest.mark.slow
 def test_betty_released_cg_is_wrong_beyond_one_iteration():
     # Documents why the project registers its own solver (DESIGN.md section 3).
     problem = Problem.random(2, seed=2)

@@ -49,6 +49,7 @@ def tf32_everywhere():
         switch.fp32_precision = value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["darts", "unrolled", "neumann", "cg"])
 def test_second_order_evaluations_are_float32_without_tf32(kind, tf32_everywhere):
     engine, learners = build(2, kind, autocast_dtype=torch.bfloat16)

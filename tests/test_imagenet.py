@@ -72,6 +72,7 @@ def test_reference_augmentation_and_test_crop():
     assert imagenet_test_transform(32)(image).shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_tiny_imagenet_evaluation_trains_on_train_and_tests_on_val(tmp_path):
     root = write_image_folder(tmp_path / "imagenet")
     run = tmp_path / "run"

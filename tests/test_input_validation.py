@@ -44,6 +44,7 @@ def render(value) -> str:
     return str(value)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(keys, values), min_size=1, max_size=4))
 def test_any_override_is_accepted_or_rejected_with_a_config_error(pairs):

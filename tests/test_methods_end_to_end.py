@@ -41,6 +41,7 @@ def check_genotypes(run_dir: Path, steps: int, learners: int) -> list:
     return genotypes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pc_darts", "darts_minus", "p_darts"])
 def test_tiny_sgl_search_finishes_with_valid_genotypes(method, tmp_path):
     # P-DARTS stages grow by one cell each here (5/11/17 at full size) to stay tiny.

@@ -68,6 +68,7 @@ def weakest_ops(alpha: torch.Tensor, per_edge: list[list[str]], keep: int) -> li
     return dropped
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_is_recorded(uninterrupted):
     run_dir, summary = uninterrupted
     stages = json.loads((run_dir / "stages.json").read_text())
@@ -99,6 +100,7 @@ def test_every_stage_runs_and_is_recorded(uninterrupted):
     assert per_epoch[-1]["genotypes"] == summary["genotypes"]
 
 
+@pytest.mark.slow
 def test_ops_dropped_between_stages_are_the_weakest_of_the_saved_weights(uninterrupted):
     run_dir, summary = uninterrupted
     stages = summary["stages"]
@@ -124,6 +126,7 @@ def test_ops_dropped_between_stages_are_the_weakest_of_the_saved_weights(uninter
     assert stages[-1]["ops_kept"] is None
 
 
+@pytest.mark.slow
 def test_final_genotypes_come_from_the_last_stage_with_the_skip_limit(uninterrupted):
     run_dir, summary = uninterrupted
     last = summary["stages"][-1]
@@ -169,6 +172,7 @@ def same_tensors(a: dict, b: dict) -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("stop_step", "stage", "stage_step"),
     [(3, 1, 1), (2, 0, 2)],  # mid-stage (mid-epoch), and the last step of the first stage

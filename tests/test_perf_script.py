@@ -77,6 +77,7 @@ def report():
     return done.stdout, json.loads(lines[-1])
 
 
+@pytest.mark.slow
 def test_every_field_and_row(report):
     stdout, result = report
     assert result["unit_seconds"] > 0
@@ -94,6 +95,7 @@ def test_every_field_and_row(report):
     assert "| method | K | hypergrad | seconds_per_step | passes |" in stdout
 
 
+@pytest.mark.slow
 def test_passes_follow_the_derivation(report):
     _, result = report
     rows = {
@@ -114,6 +116,7 @@ def test_passes_follow_the_derivation(report):
     assert supernet["passes"] == 2 and supernet["forwards_observed"] == 1
 
 
+@pytest.mark.slow
 def test_overhead_is_time_over_passes_times_unit(report):
     _, result = report
     unit = result["unit_seconds"]

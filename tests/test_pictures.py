@@ -117,6 +117,7 @@ def y_labels(axes) -> list[str]:
     return [label.get_text() for label in axes.get_yticklabels()]
 
 
+@pytest.mark.slow
 def test_p_darts_heatmaps_show_every_stage_with_its_op_names(tmp_path, captured_figures):
     # Stage 1 is still running: its ops come from what stage 0 kept.
     folder, per_edge = p_darts_folder(tmp_path / "run")

@@ -76,6 +76,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
     process = start(tmp_path)
     wait_for_lines(tmp_path / "metrics.jsonl", 2, process)
@@ -96,6 +97,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_
     assert len((tmp_path / "genotypes.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_says_how_to_resume(uninterrupted, tmp_path):
     process = start(tmp_path)
     wait_for_lines(tmp_path / "metrics.jsonl", 1, process)
@@ -110,6 +112,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(uninterrupted, tmp_path):
     assert same_architectures(uninterrupted, tmp_path)
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_is_a_clean_error(tmp_path):
     result = recipe("--resume", str(tmp_path))
     assert result.returncode == 2
@@ -141,6 +144,7 @@ def poisoned_method():
         SEARCH_METHODS.pop(name)
 
 
+@pytest.mark.slow
 def test_nan_stops_with_learner_stage_step_and_keeps_last_good_checkpoint(
     poisoned_method, tmp_path
 ):
@@ -164,6 +168,7 @@ def test_nan_stops_with_learner_stage_step_and_keeps_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_a_nan_found_steps_later_names_its_step_and_no_checkpoint_holds_it(
     poisoned_method, tmp_path
 ):

@@ -48,6 +48,7 @@ def searches(tmp_path_factory):
 # ---- one run per folder --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_new_run_never_writes_into_a_run_folder(searches, tmp_path, capsys):
     full, _ = searches
     before = folder_bytes(full)
@@ -69,6 +70,7 @@ def test_a_new_run_never_writes_into_a_run_folder(searches, tmp_path, capsys):
     assert steps(empty) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_default_names_carry_the_seed_and_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(run_dirs, "_stamp", lambda: "20250101-120000")  # the same second
@@ -85,6 +87,7 @@ def test_default_names_carry_the_seed_and_never_collide(tmp_path, monkeypatch):
         assert steps(tmp_path / "runs" / name) == [1, 2, 3, 4]  # not 1, 2, 3, 4, 1, 2, 3, 4
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_no_folder_behind(tmp_path, capsys):
     run = tmp_path / "run"
     assert main("cifar100", [*SEARCH, "search.init_channels=100000", f"run.dir={run}"]) == 2
@@ -96,6 +99,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path, capsys):
 # ---- resume with overrides ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override", ["learners=3", "search.init_channels=8", "search.epochs=3", "lam=0.5", "seed=3"]
 )
@@ -109,6 +113,7 @@ def test_resume_refuses_overrides_that_change_the_past(searches, override, capsy
     assert folder_bytes(stopped) == before  # refused before any work
 
 
+@pytest.mark.slow
 def test_resume_applies_overrides_that_keep_the_past(searches, tmp_path):
     full, stopped = searches
     folder = shutil.copytree(stopped, tmp_path / "run")
@@ -147,6 +152,7 @@ def test_more_epochs_on_resume_only_where_the_schedule_allows(tmp_path, monkeypa
 # ---- damaged folders -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "named"),
     [
@@ -165,6 +171,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_fix(searches, tmp_path, dam
     assert str(folder / "checkpoint.pt") in err and named in err and "without --resume" in err
 
 
+@pytest.mark.slow
 def test_a_broken_config_names_the_file_and_the_line(searches, tmp_path, capsys):
     _, stopped = searches
     folder = shutil.copytree(stopped, tmp_path / "run")
@@ -180,6 +187,7 @@ def test_a_broken_config_names_the_file_and_the_line(searches, tmp_path, capsys)
 # ---- interruptions: stale files, Ctrl-C, progress ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_removes_temporary_files_a_killed_run_left(searches, tmp_path):
     full, stopped = searches
     folder = shutil.copytree(stopped, tmp_path / "run")
@@ -208,6 +216,7 @@ class RecordingBar:
         pass
 
 
+@pytest.mark.slow
 def test_the_progress_bar_of_a_resumed_search_counts_this_session_only(
     searches, tmp_path, monkeypatch
 ):
@@ -240,6 +249,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_acknowledged_at_once_and_stops_after_the_step(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_STEPS, *SEARCH, f"run.dir={tmp_path / 'run'}"],

@@ -91,12 +91,14 @@ def marker(tmp_path):
     assert not path.exists(), "unpickling ran code from a crafted file"
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_crafted_search_checkpoint(tmp_path, marker):
     folder = crafted_folder(tmp_path / "search", "search", marker)
     result = run_script(RECIPE, "--resume", folder)
     assert_clean_error(result, "checkpoint.pt", "--trust-checkpoint")
 
 
+@pytest.mark.slow
 def test_resume_of_an_old_folder_tells_its_kind_without_unpickling(tmp_path, marker):
     # No run.json (a folder of an earlier version): its checkpoint is only read as plain data.
     folder = crafted_folder(tmp_path / "old", "search", marker, run_file=False)
@@ -104,12 +106,14 @@ def test_resume_of_an_old_folder_tells_its_kind_without_unpickling(tmp_path, mar
     assert_clean_error(result, "checkpoint.pt", "--trust-checkpoint")
 
 
+@pytest.mark.slow
 def test_eval_resume_refuses_a_crafted_evaluation_checkpoint(tmp_path, marker):
     folder = crafted_folder(tmp_path / "eval", "eval", marker)
     result = run_script(RECIPE, "--stage", "eval", "--resume", folder)
     assert_clean_error(result, "checkpoint.pt", "--trust-checkpoint")
 
 
+@pytest.mark.slow
 def test_genotype_of_a_crafted_search_folder_reads_json_only(tmp_path, marker):
     folder = crafted_folder(tmp_path / "search", "search", marker)
     result = run_script(
@@ -139,6 +143,7 @@ def test_genotype_of_a_crafted_search_folder_reads_json_only(tmp_path, marker):
     )
 
 
+@pytest.mark.slow
 def test_compare_reads_crafted_folders_without_unpickling(tmp_path, marker):
     search = crafted_folder(tmp_path / "search", "search", marker)
     evaluation = crafted_folder(tmp_path / "eval", "eval", marker)
@@ -173,6 +178,7 @@ def as_old_format(folder: Path, **extra) -> None:
     (folder / "run.json").unlink()
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_is_converted_once_and_resumes_bitwise(
     interrupted_and_full, tmp_path, capsys
 ):
@@ -189,6 +195,7 @@ def test_an_old_checkpoint_is_converted_once_and_resumes_bitwise(
     torch.load(folder / "checkpoint.pt", weights_only=True)  # rewritten as plain data
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_with_other_objects_needs_the_trust_flag(
     interrupted_and_full, tmp_path, capsys
 ):
@@ -325,6 +332,7 @@ def test_saved_files_hold_cpu_tensors_only(tmp_path):
     assert loaded["op_subsets"] == [(("skip_connect",), ("none",))]
 
 
+@pytest.mark.slow
 def test_run_folder_torch_files_load_as_plain_data(interrupted_and_full):
     full, stopped = interrupted_and_full
     for path in (stopped / "checkpoint.pt", full / "architecture.pt", full / "checkpoint.pt"):
@@ -375,6 +383,7 @@ def test_presets_are_read_safely_and_python_tags_are_refused(tmp_path, marker):
         load_config(["preset=tiny", "tracking.group=!!python/name:os.system"], config_dir=CONFIGS)
 
 
+@pytest.mark.slow
 def test_resume_refuses_interpolations_in_a_run_config(
     interrupted_and_full, tmp_path, capsys, monkeypatch
 ):
@@ -410,6 +419,7 @@ def test_generated_data_manifest_is_honoured_only_when_asked(tmp_path, marker):
         load_cifar("cifar10", tmp_path, train=True)
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_the_run_folder_wandb_or_the_console(tmp_path):
     secrets = {
         "WANDB_API_KEY": "fake-wandb-key-0123456789",
@@ -448,6 +458,7 @@ def test_no_secret_reaches_the_run_folder_wandb_or_the_console(tmp_path):
     assert secrets["HF_TOKEN"] not in leak.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_run_folder_records_its_kind_in_run_json(interrupted_and_full):
     full, _ = interrupted_and_full
     assert json.loads((full / "run.json").read_text()) == {

@@ -118,6 +118,7 @@ def test_deterministic_keeps_a_workspace_the_user_chose(restore_backends, monkey
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
+@pytest.mark.slow
 def test_the_recipes_deterministic_switches_reach_search_and_evaluation(
     restore_backends, monkeypatch, tmp_path
 ):

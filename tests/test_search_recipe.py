@@ -67,12 +67,14 @@ def check_run_folder(run_dir: Path, learners: int, epochs: int, steps: int, step
     return config, summary
 
 
+@pytest.mark.slow
 def test_tiny_search_on_synthetic_data(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main("cifar100", [*FAST, "search.epochs=2", f"run.dir={run_dir}"]) == 0
     check_run_folder(run_dir, learners=2, epochs=2, steps=4, steps_per_epoch=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("recipe", "dataset", "unlabeled", "classes"),
     [("cifar100", "cifar100", "cifar10", 100), ("cifar10", "cifar10", "cifar100", 10)],
@@ -96,6 +98,7 @@ def test_tiny_search_on_cifar_archives(recipe, dataset, unlabeled, classes, tmp_
     assert config["data"]["dataset"] == dataset and config["data"]["unlabeled"] == unlabeled
 
 
+@pytest.mark.slow
 def test_overrides_change_what_runs(tmp_path):
     run_dir = tmp_path / "run"
     assert (

@@ -133,6 +133,7 @@ def wandb_run(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_offline_run_lives_in_the_run_folder_and_prints_no_wandb_noise(wandb_run):
     result, run_dir = wandb_run["result"], wandb_run["dir"]
     offline_dir = wandb_run["wandb_file"].parent
@@ -144,6 +145,7 @@ def test_offline_run_lives_in_the_run_folder_and_prints_no_wandb_noise(wandb_run
     assert "W&B did not start" not in result.stderr
 
 
+@pytest.mark.slow
 def test_wandb_run_config_is_the_resolved_run_config(wandb_run):
     (run_record,) = [record.run for record in records_of(wandb_run["records"], "run")]
     assert run_record.display_name == "tiny-wandb"
@@ -163,6 +165,7 @@ def test_wandb_run_config_is_the_resolved_run_config(wandb_run):
     assert config == json.loads(json.dumps(saved))
 
 
+@pytest.mark.slow
 def test_wandb_history_holds_every_logged_metric_per_learner(wandb_run):
     rows = history_rows(wandb_run["records"])
     metrics = read_jsonl(wandb_run["dir"] / "metrics.jsonl")
@@ -184,6 +187,7 @@ def test_wandb_history_holds_every_logged_metric_per_learner(wandb_run):
     assert final["figures/cell_learner0_normal/width"] == pixels(CELL_FIGSIZE)[1]
 
 
+@pytest.mark.slow
 def test_wandb_summary_and_genotype_table_match_the_run_folder(wandb_run):
     run_dir = wandb_run["dir"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -234,6 +238,7 @@ def assert_picture(path, size_inches):
     assert image[..., :3].std() > 0.02
 
 
+@pytest.mark.slow
 def test_pictures_are_written_into_the_run_folder(wandb_run):
     folder = wandb_run["dir"] / "figures"
     assert {path.name for path in folder.glob("*.png")} == set(expected_figures())
@@ -244,6 +249,7 @@ def test_pictures_are_written_into_the_run_folder(wandb_run):
     assert not np.array_equal(*normal)
 
 
+@pytest.mark.slow
 def test_pictures_can_be_drawn_again_from_the_run_folder(wandb_run, tmp_path):
     written = draw_run_figures(wandb_run["dir"], out_dir=tmp_path)
     assert {path.name for path in written} == set(expected_figures())

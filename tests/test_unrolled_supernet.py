@@ -132,6 +132,7 @@ def test_k1_unrolled_exact_is_autograd_through_one_step():
     assert relative_error(engine_grads(engine, 1), flat(want)) < 1e-8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num", [2, 3])
 def test_unrolled_exact_is_eq_5_to_11_for_several_learners(num):
     data = batches(num)
@@ -144,6 +145,7 @@ def test_unrolled_exact_is_eq_5_to_11_for_several_learners(num):
     assert relative_error(engine_grads(engine, num), flat(want)) < 1e-8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num", [1, 2])
 def test_unrolled_post_step_exact_is_its_formula(num):
     data = batches(10 + num)
@@ -160,6 +162,7 @@ def test_unrolled_post_step_exact_is_its_formula(num):
     assert relative_error(engine_grads(engine, num), flat(want)) < 1e-8
 
 
+@pytest.mark.slow
 def test_pre_step_and_post_step_placements_differ_away_from_convergence():
     # Negative control: the two placements agree only at a fixed point; here they must not.
     data = batches(20)

@@ -31,6 +31,7 @@ from sgl_betty.choices import (
     values,
 )
 from sgl_betty.config import HypergradConfig, SGLConfig
+from sgl_betty.configs import CONFIG_DIR
 from sgl_betty.errors import ConfigError
 from sgl_betty.evaluation.trainer import TrainingSettings
 from sgl_betty.secret_env import secrets_in
@@ -39,8 +40,6 @@ from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml
 from .config_checks import check_values
 from .methods import SEARCH_METHODS
 from .resume_policy import check_resume_overrides
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def recipe_hypergrad() -> HypergradConfig:
