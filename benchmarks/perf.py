@@ -502,32 +502,34 @@ def make_data(cfg: PerfConfig, device: torch.device):
 
 def recipe_config(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: torch.device):
     """The recipes' run config of this row (their builders, optimizers and schedules)."""
-    from sgl_betty.experiment.config import load_config
+    from sgl_betty.experiment.config import ConfigError, load_config
 
-    return load_config(
-        [
-            "preset=paper",
-            f"device={device.type}",
-            f"learners={K}",
-            f"hypergrad.type={'unrolled' if hypergrad == 'unrolled_exact' else hypergrad}",
-            f"hypergrad.unrolled_exact={hypergrad == 'unrolled_exact'}",
-            f"hypergrad.neumann_iterations={cfg.neumann_iterations}",
-            f"hypergrad.cg_iterations={cfg.cg_iterations}",
-            f"search.method={space}",
-            f"search.init_channels={cfg.init_channels}",
-            f"search.layers={cfg.layers}",
-            f"search.steps={cfg.steps}",
-            f"search.batch_size={cfg.batch_size}",
-            "search.arch_warmup_epochs=0",
-            f"search.pseudo_label_arch_grad={cfg.pseudo_label_arch_grad}",
-            f"search.detach_pseudo_labels={cfg.detach_pseudo_labels}",
-            f"search.precision={'bf16' if cfg.bf16 else 'fp32'}",
-            f"search.channels_last={cfg.channels_last}",
-            "data.dataset=synthetic",
-            "data.unlabeled=synthetic",
-            f"data.image_size={cfg.image_size}",
-        ]
-    )
+    overrides = [
+        "preset=paper",
+        f"device={device.type}",
+        f"learners={K}",
+        f"hypergrad.type={'unrolled' if hypergrad == 'unrolled_exact' else hypergrad}",
+        f"hypergrad.unrolled_exact={hypergrad == 'unrolled_exact'}",
+        f"hypergrad.neumann_iterations={cfg.neumann_iterations}",
+        f"hypergrad.cg_iterations={cfg.cg_iterations}",
+        f"search.method={space}",
+        f"search.init_channels={cfg.init_channels}",
+        f"search.layers={cfg.layers}",
+        f"search.steps={cfg.steps}",
+        f"search.batch_size={cfg.batch_size}",
+        "search.arch_warmup_epochs=0",
+        f"search.pseudo_label_arch_grad={cfg.pseudo_label_arch_grad}",
+        f"search.detach_pseudo_labels={cfg.detach_pseudo_labels}",
+        f"search.precision={'bf16' if cfg.bf16 else 'fp32'}",
+        f"search.channels_last={cfg.channels_last}",
+        "data.dataset=synthetic",
+        "data.unlabeled=synthetic",
+        f"data.image_size={cfg.image_size}",
+    ]
+    try:
+        return load_config(overrides)
+    except ConfigError as error:
+        raise UsageError(f"{space}: {error}") from None
 
 
 def build_learners(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: torch.device):
