@@ -2,13 +2,16 @@
 
 Two questions every run on a GPU answers before its first kernel: which GPU this process uses
 (``cuda_device_index``, ``process_device``), and whether it trades speed for run-to-run
-identical results (``configure_backends``).
+identical results (``configure_backends``). And two a computation asks of the process state:
+which random numbers it draws (``RandomState``, to draw them again) and which arithmetic its
+float32 work gets (``float32_arithmetic``: autocast and TF32-style switches).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -72,3 +75,63 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+class RandomState:
+    """The random number generators' state of a device (and the CPU's) at one moment, to draw
+    the same numbers (dropout masks) again: ``replay()`` returns the generators to it; inside
+    ``replayed()`` they are there and afterwards back where they were."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(self.device) if self.cuda else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+
+    @contextmanager
+    def replayed(self):
+        now = RandomState(self.device)
+        self.replay()
+        try:
+            yield
+        finally:
+            now.replay()
+
+
+# The switches that decide a float32 convolution's or matrix product's arithmetic, per device type.
+_FLOAT32_BACKENDS = {"cuda": ("cudnn.conv", "cuda.matmul"), "cpu": ("mkldnn.conv", "mkldnn.matmul")}
+
+
+def float32_arithmetic(device_type: str) -> tuple:
+    """What decides the numbers float32 work on ``device_type`` gives right now: autocast (off, or
+    its dtype) and the float32 precision of the device's convolution and matmul backends. Two
+    computations with equal values compute the same numbers."""
+    try:
+        autocast = torch.is_autocast_enabled(device_type)
+    except TypeError:  # PyTorch < 2.4
+        autocast = torch.is_autocast_enabled() if device_type == "cuda" else False
+    dtype = str(torch.get_autocast_dtype(device_type)) if autocast else None
+    if not hasattr(torch.backends, "fp32_precision"):  # PyTorch < 2.9: the legacy flags
+        legacy = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+        return (dtype, *(legacy if device_type == "cuda" else ()))
+    return (dtype, *(_effective_precision(name) for name in _FLOAT32_BACKENDS.get(device_type, ())))
+
+
+def _effective_precision(name: str) -> str:
+    """A backend's fp32_precision, "none" resolved through its parents (IEEE when none is set)."""
+    parts = name.split(".")
+    while parts:
+        node = torch.backends
+        for part in parts:
+            node = getattr(node, part, None)
+        value = getattr(node, "fp32_precision", "none")
+        if value != "none":
+            return value
+        parts.pop()
+    root = torch.backends.fp32_precision
+    return "ieee" if root == "none" else root
