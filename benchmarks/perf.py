@@ -303,7 +303,7 @@ def floor_passes(K: int, hypergrad: str, cfg: PerfConfig) -> Counter:
     if K == 1:
         c.update(F=1, Bw=1)
     else:
-        c.update(F=3 * K, Bw=3 * K)  # V: F + Bw; W: 2F + 2Bw; pseudo-labels: F
+        c.update(F=4 * K, Bw=3 * K)  # V: F + Bw; W: 2F + 2Bw; pseudo-labels: F
     first_order = hypergrad == "first_order"
     c.update(F=K, **{"Ba" if first_order else "B": K})
     if first_order:
