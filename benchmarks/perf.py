@@ -30,13 +30,17 @@ How each row is measured:
    backward running), to a first-order backward, or to a second-order backward: a backward
    that runs through the derivative of a backward formula (an autograd node such as
    ``ConvolutionBackwardBackward0``, which only a graph recorded by a ``create_graph=True``
-   backward contains), i.e. a Hessian-vector or mixed second-derivative product. ``backwards`` and ``second_order`` count
-   those backward calls (autograd graph tasks); ``forwards`` counts network forward calls (hooks
-   on every V and W network). Nothing is derived from the code's structure.
+   backward contains), i.e. a Hessian-vector or mixed second-derivative product.
+   ``backwards`` and ``second_order`` count those backward calls (autograd graph tasks);
+   ``forwards`` counts network forward calls (hooks on every V and W network). Nothing is
+   derived from the code's structure.
 3. Time: the unit and the step alternate, ``unit, step, unit, step, ..., unit`` (``repeats``
    steps); each step's time is divided by the mean of the two units around it, so a load change
    on a shared machine moves both. ``time_units`` is the median of these ratios, with their
    ``min`` and ``max``. CUDA: CUDA events around each call, ``torch.cuda.synchronize`` after.
+   CPU: also ``cpu_time_units``, the same ratios of process CPU time: with ``threads=1`` other
+   processes on a shared machine slow the clock but barely this process's CPU time (they still
+   share caches and memory bandwidth), so it is the steadier figure there.
 
 The unit (``supernet`` row): one forward of the space's search network on a batch, the
 cross-entropy, and the backward into its weights and architecture parameters; its FLOPs are
@@ -444,42 +448,59 @@ class Memory:
 
 
 class Timer:
-    """Seconds of one call: CUDA events and a synchronize on a GPU, the host clock otherwise."""
+    """Seconds of one call: CUDA events and a synchronize on a GPU, the host clock otherwise;
+    and on a CPU the process's CPU seconds over the call (None on a GPU), which other processes
+    on a shared machine do not inflate the way they inflate the clock."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.device = device
 
-    def __call__(self, fn) -> float:
+    def __call__(self, fn) -> tuple[float, float | None]:
         if not self.cuda:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
-            return time.perf_counter() - start
+            return time.perf_counter() - start, time.process_time() - cpu
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(self.device)
         begin.record()
         fn()
         end.record()
         torch.cuda.synchronize(self.device)
-        return begin.elapsed_time(end) / 1000
+        return begin.elapsed_time(end) / 1000, None
+
+
+def _ratios(steps: list, units: list) -> list[float]:
+    return [s / ((a + b) / 2) for s, a, b in zip(steps, units, units[1:])]
 
 
 def interleaved(unit, step, repeats: int, timer: Timer) -> dict:
-    """unit, step, unit, ..., step, unit: each step over the mean of the units around it."""
+    """unit, step, unit, ..., step, unit: each step over the mean of the units around it, by the
+    clock (``time_units``) and, on a CPU, by CPU time (``cpu_time_units``)."""
     units = [timer(unit)]
     steps = []
     for _ in range(repeats):
         steps.append(timer(step))
         units.append(timer(unit))
-    ratios = [s / ((a + b) / 2) for s, a, b in zip(steps, units, units[1:])]
-    return dict(
-        seconds_per_step=statistics.median(steps),
-        unit_seconds=statistics.median(units),
-        time_units=statistics.median(ratios),
-        time_units_min=min(ratios),
-        time_units_max=max(ratios),
-        time_unit_ratios=ratios,
-    )
+    timing = {}
+    for name, index in (("time", 0), ("cpu_time", 1)):
+        step_times, unit_times = [t[index] for t in steps], [t[index] for t in units]
+        if step_times[0] is None:
+            timing.update({f"{name}_units": None, f"{name}_unit_ratios": None})
+            continue
+        ratios = _ratios(step_times, unit_times)
+        prefix = "" if name == "time" else "cpu_"
+        timing.update(
+            {
+                f"{prefix}seconds_per_step": statistics.median(step_times),
+                f"{prefix}unit_seconds": statistics.median(unit_times),
+                f"{name}_units": statistics.median(ratios),
+                f"{name}_units_min": min(ratios),
+                f"{name}_units_max": max(ratios),
+                f"{name}_unit_ratios": ratios,
+            }
+        )
+    return timing
 
 
 def make_data(cfg: PerfConfig, device: torch.device):
@@ -637,6 +658,7 @@ def measure_row(space, K, hypergrad, cfg, device, data, unit, unit_row, memory) 
         **timing,
         flop_units=flop_units,
         overhead=timing["time_units"] / flop_units,
+        cpu_overhead=timing["cpu_time_units"] / flop_units if timing["cpu_time_units"] else None,
         floor_units=floor_flops(floor, unit_row["pass_kind_flops"]) / unit_row["flops"],
         floor_passes=dict(floor),
         **counts,
@@ -649,17 +671,25 @@ def measure_row(space, K, hypergrad, cfg, device, data, unit, unit_row, memory) 
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| method | K | hypergrad | s/step | time units (min-max) | FLOP units | floor units "
-        "| overhead | forwards | backwards | second-order | aten ops | peak MB |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | K | hypergrad | s/step | time units (min-max) | CPU-time units (min-max) "
+        "| FLOP units | floor units | overhead | forwards | backwards | second-order | aten ops "
+        "| peak MB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
+
+    def spread(r, name):
+        if r.get(f"{name}_units") is None:
+            return "-"
+        low, high = r[f"{name}_units_min"], r[f"{name}_units_max"]
+        return f"{r[f'{name}_units']:.2f} ({low:.2f}-{high:.2f})"
+
     for r in rows:
         if r["hypergrad"] == "none":
-            timing = f"| {r['unit_seconds']:.4f} | 1 | 1 | 1 | 1"
+            timing = f"| {r['unit_seconds']:.4f} | 1 | 1 | 1 | 1 | 1"
         else:
             timing = (
-                f"| {r['seconds_per_step']:.4f} | {r['time_units']:.2f} "
-                f"({r['time_units_min']:.2f}-{r['time_units_max']:.2f}) "
+                f"| {r['seconds_per_step']:.4f} | {spread(r, 'time')} | {spread(r, 'cpu_time')} "
                 f"| {r['flop_units']:.2f} | {r['floor_units']:.2f} | {r['overhead']:.2f}"
             )
         lines.append(
@@ -695,7 +725,7 @@ def run(cfg: PerfConfig) -> dict:
     rows = []
     for space in cfg.spaces:
         unit, unit_row = measure_unit(space, cfg, device, data, memory)
-        unit_row["unit_seconds"] = statistics.median(Timer(device)(unit) for _ in range(3))
+        unit_row["unit_seconds"] = statistics.median(Timer(device)(unit)[0] for _ in range(3))
         rows.append(unit_row)
         log(f"{space}: unit {unit_row['unit_seconds']:.4f} s, {unit_row['flops']:.3g} FLOP")
         for K in cfg.learners:
@@ -704,7 +734,8 @@ def run(cfg: PerfConfig) -> dict:
                 rows.append(row)
                 log(
                     f"{space} K={K} {hypergrad}: {row['seconds_per_step']:.3f} s/step = "
-                    f"{row['time_units']:.2f} units ({row['flop_units']:.2f} by FLOPs, floor "
+                    f"{row['time_units']:.2f} units (CPU time {row['cpu_time_units'] or 0:.2f}; "
+                    f"{row['flop_units']:.2f} by FLOPs, floor "
                     f"{row['floor_units']:.2f}), peak {row['peak_memory_mb']:.0f} MB"
                 )
         del unit

@@ -36,6 +36,8 @@ ROW_FIELDS = {
     "time_units_min",
     "time_units_max",
     "time_unit_ratios",
+    "cpu_time_units",
+    "cpu_overhead",
     "flop_units",
     "overhead",
     "floor_units",
@@ -103,6 +105,8 @@ def test_every_field_and_row(report):
         assert row["time_units_min"] <= row["time_units"] <= row["time_units_max"]
         assert math.isclose(row["flop_units"], row["flops"] / unit["flops"])
         assert math.isclose(row["overhead"], row["time_units"] / row["flop_units"])
+        assert math.isclose(row["cpu_overhead"], row["cpu_time_units"] / row["flop_units"])
+        assert row["cpu_time_units_min"] <= row["cpu_time_units"] <= row["cpu_time_units_max"]
         assert row["floor_units"] <= row["flop_units"] * (1 + 1e-9)
         assert row["aten_ops"] == sum(p["aten_ops"] for p in row["by_phase"].values())
         assert row["peak_memory_mb"] >= 0 and row["peak_reserved_mb"] is None
@@ -221,13 +225,17 @@ def test_interleaved_ratios_pair_each_step_with_its_neighbouring_units():
     times = iter([1.0, 3.0, 2.0, 6.0, 1.0, 1.0, 1.0])
 
     def timer(fn):
-        return next(times)
+        seconds = next(times)
+        return seconds, seconds / 2  # CPU time: half the clock's
 
     timing = perf.interleaved(None, None, 3, timer)
     # step 3 between units 1 and 2; step 6 between 2 and 1; step 1 between 1 and 1.
-    assert timing["time_unit_ratios"] == [2.0, 4.0, 1.0]
+    assert timing["time_unit_ratios"] == timing["cpu_time_unit_ratios"] == [2.0, 4.0, 1.0]
     assert timing["time_units"] == 2.0 and timing["time_units_max"] == 4.0
     assert timing["seconds_per_step"] == 3.0 and timing["unit_seconds"] == 1.0
+    assert timing["cpu_seconds_per_step"] == 1.5
+    on_gpu = perf.interleaved(None, None, 1, lambda fn: (1.0, None))
+    assert on_gpu["time_units"] == 1.0 and on_gpu["cpu_time_units"] is None
 
 
 def test_command_line():
