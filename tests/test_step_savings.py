@@ -343,3 +343,12 @@ def test_label_graphs_are_rebuilt_with_the_masks_of_their_values(monkeypatch):
     assert not torch.equal(fresh.detach(), values)  # other masks: the replay is what matters
     engine.step()
     assert all(torch.isfinite(g).all() for g in engine.last_hypergrad[0])
+
+
+def test_unrolled_keeps_the_sgd_direction_only_where_one_step_weights_are_taken():
+    engine = engine_of(learners(2), HypergradConfig(type="unrolled"))
+    engine.step()
+    for k in range(2):
+        v_step, w_step = engine.problem("v", k).last_step, engine.problem("w", k).last_step
+        assert v_step.weights is not None and v_step.direction is None  # V: pre-step weights
+        assert w_step.weights is not None and w_step.direction is not None  # W: and W'
