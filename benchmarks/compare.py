@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sgl_betty.errors import UserError
+from sgl_betty.tracking import atomic_write_bytes
 from sgl_betty.tracking.compare import compare_runs, markdown_report, plot_comparison
 
 
@@ -35,13 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = markdown_report(comparison)
     sys.stdout.write(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-        print(f"report: {args.out}", file=sys.stderr)
-    if args.plot is not None:
-        plot_comparison(comparison, args.plot)
-        print(f"plot: {args.plot}", file=sys.stderr)
+    try:
+        if args.out is not None:
+            atomic_write_bytes(args.out, report.encode("utf-8"))
+            print(f"report: {args.out}", file=sys.stderr)
+        if args.plot is not None:
+            plot_comparison(comparison, args.plot)
+            print(f"plot: {args.plot}", file=sys.stderr)
+    except UserError as error:  # a path that cannot be written
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -18,10 +18,13 @@ What it measures (one JSON object, the last line of standard output, also writte
   ``timed`` steps between CUDA events (``step_seconds``, their median ``seconds_per_step``,
   ``host_seconds_per_step`` from the host's clock over the same steps); one more step counted
   for host synchronisations: ``syncs_per_step`` by ``torch.cuda.set_sync_debug_mode`` (None
-  on a CPU) and ``host_reads_per_step``, the Python-level reads of a tensor's value (``item``,
-  ``tolist``, ``cpu``, ``numpy``, ``bool``, ``float``, ``int``) that are syncs on a GPU;
+  on a CPU) and ``host_reads_per_step``, the reads of a tensor's value by the host (``item``,
+  ``tolist``, ``cpu``, ``bool``..., and below Python every scalar read and device-to-host copy:
+  ``sgl_betty.host_reads``), each a sync on a GPU: 0 for the search steps;
   ``peak_allocated_mb`` and ``peak_reserved_mb`` over the row (CUDA allocator; None on a CPU);
-  ``logits_dtype``, the dtype of learner 0's W-network output during the steps.
+  ``descent_dtype`` and ``hypergradient_dtype``, the dtypes of learner 0's W-network outputs
+  during its own descent step and during the hypergradient (bf16 and float32 in the bf16 row:
+  the precision policy evaluates second-order terms in float32).
 - ``evaluation``: ``eval.steps`` training steps of the evaluation network at the paper's size
   (20 cells, C=36, batch 96, auxiliary head, drop path, DARTS_V2) through ``EvalTrainer``, per
   precision in ``eval.precisions``; the same timing, memory and sync fields, and
@@ -63,6 +66,7 @@ from sgl_betty.experiment.config import load_config, sgl_config
 from sgl_betty.experiment.methods import search_stages, stage_learners
 from sgl_betty.experiment.search import machine_description
 from sgl_betty.genotypes import PUBLISHED, genotype_to_dict
+from sgl_betty.host_reads import count_host_reads, host_resident_tensors
 from sgl_betty.params import count_parameters_m
 from sgl_betty.runtime import configure_backends
 
@@ -220,31 +224,16 @@ def timed_steps(step: Callable[[], None], count: int, device: torch.device) -> d
     )
 
 
-HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
-
-
 @contextlib.contextmanager
-def counting_syncs(device: torch.device) -> Iterator[dict]:
+def counting_syncs(device: torch.device, ignore=()) -> Iterator[dict]:
     """Counts, while the block runs, CUDA synchronisations (``syncs``: the sync debug mode's
-    warnings; None on a CPU) and Python-level reads of tensor values (``host_reads``). The
-    counts are in the yielded dict once the block has finished."""
+    warnings; None on a CPU) and reads of tensor values by the host (``host_reads``:
+    ``sgl_betty.host_reads``; ``ignore``: tensors that live on the host whatever the device).
+    The counts are in the yielded dict once the block has finished."""
     counts: dict = {"syncs": None, "host_reads": 0}
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-
-    def counted(name):
-        original = originals[name]
-
-        def read(self, *args, **kwargs):
-            counts["host_reads"] += 1
-            return original(self, *args, **kwargs)
-
-        return read
-
-    for name in HOST_READS:
-        setattr(torch.Tensor, name, counted(name))
     cuda = device.type == "cuda"
     previous = torch.cuda.get_sync_debug_mode() if cuda else None
-    try:
+    with count_host_reads(device, ignore) as reads:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if cuda:
@@ -254,9 +243,7 @@ def counting_syncs(device: torch.device) -> Iterator[dict]:
             finally:
                 if cuda:
                     torch.cuda.set_sync_debug_mode(previous)
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
+    counts["host_reads"] = reads.count
     if cuda:
         counts["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
 
@@ -282,8 +269,28 @@ class PeakMemory:
         )
 
 
+class SearchDtypes:
+    """The dtypes of a W network's outputs during its descent and during the hypergradient."""
+
+    def __init__(self, engine, net: torch.nn.Module):
+        self.stage = engine.problem("w", 0)
+        self.seen = {"descent": set(), "hypergradient": set()}
+        self.handle = net.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        part = "descent" if self.stage.descending else "hypergradient"
+        self.seen[part].add(str(output.dtype).removeprefix("torch."))
+
+    def read(self) -> dict:
+        self.handle.remove()
+        return {
+            f"{part}_dtype": ",".join(sorted(dtypes)) or None for part, dtypes in self.seen.items()
+        }
+
+
 class OutputDtype:
-    """The dtype of a module's last output (what autocast made of the forward pass)."""
+    """The dtype of a module's first output: what autocast made of the descent step's forward
+    pass (the hypergradient's re-evaluations, later in a step, run in full precision)."""
 
     def __init__(self, module: torch.nn.Module):
         self.dtype: torch.dtype | None = None
@@ -291,7 +298,8 @@ class OutputDtype:
 
     def _hook(self, module, inputs, output):
         output = output[0] if isinstance(output, tuple) else output
-        self.dtype = output.dtype
+        if self.dtype is None:
+            self.dtype = output.dtype
 
     def read(self) -> str | None:
         self.handle.remove()
@@ -348,16 +356,18 @@ def search_row(check: SearchCheck, learners: int, hypergrad: str, precision: str
     engine = build_sgl_engine(
         group, train, val, unlabeled, sgl_config(cfg), train_iters=10**9, device=device
     )
-    dtype = OutputDtype(group[0].w_net)
+    dtypes = SearchDtypes(engine, group[0].w_net)
     for _ in range(check.warmup):
         engine.step()
     row = timed_steps(engine.step, check.timed, device)
-    with counting_syncs(device) as counts:
+    with counting_syncs(
+        device, host_resident_tensors(p.optimizer for p in engine.problems)
+    ) as counts:
         engine.step()
     row.update(
         syncs_per_step=counts["syncs"],
         host_reads_per_step=counts["host_reads"],
-        logits_dtype=dtype.read(),
+        **dtypes.read(),
         **memory.read(),
     )
     losses = [value for key, value in engine.metrics().items() if key.endswith("train_loss")]

@@ -130,7 +130,13 @@ def supernet(config: FidelityConfig) -> list[dict]:
         implicit, achieved = net.implicit_reference(
             config.reference_tol, config.reference_iterations
         )
-        print(f"\nK = {num}: implicit reference solved to a relative residual of {achieved:.1e}")
+        curvature = net.curvature()
+        print(
+            f"\nK = {num}: implicit reference solved to a relative residual of {achieved:.1e}; "
+            f"learner 0's W Hessian has eigenvalues from {curvature['smallest']:.3g} to "
+            f"{curvature['largest']:.3g}"
+        )
+        rows.append({"kind": "curvature", "K": num, "reference_residual": achieved, **curvature})
         print(
             "| K | precision | policy | type | cosine one-step | error one-step "
             "| cosine implicit | error implicit | solve residual |"

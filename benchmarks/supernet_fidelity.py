@@ -206,6 +206,34 @@ class Supernet:
         grads, _ = self.measured_step(HypergradConfig(type="cg"), "float64", use_minres)
         return grads, max(residuals)
 
+    def curvature(self, iterations: int = 30) -> dict:
+        """The extreme eigenvalues of learner 0's W-loss Hessian after the measured step's W
+        step (power iteration, float64): Neumann needs 0 < alpha * eigenvalue < 2 for all of
+        them, CG a positive definite Hessian."""
+        _, engine = self.measured_step(HypergradConfig(type="first_order"), "float64")
+        _, hvp = _hvp_of(engine.problem("w", 0))
+        params = engine.problem("w", 0).trainable_parameters()
+        largest = _power_iteration(hvp, params, iterations)  # the largest in magnitude
+        # The other end of the spectrum: power iteration on H - largest * I.
+        shifted = _power_iteration(
+            lambda x: [h - largest * xi for h, xi in zip(hvp(x), x)], params, iterations
+        )
+        ends = (largest, shifted + largest)
+        return {"smallest": min(ends), "largest": max(ends)}
+
+
+def _power_iteration(hvp, params, iterations: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    value = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum(t.pow(2).sum() for t in x))
+        x = [t / norm for t in x]
+        hx = hvp(x)
+        value = sum((a * b).sum() for a, b in zip(x, hx)).item()
+        x = [t.detach() for t in hx]
+    return value
+
 
 class emulated_tf32:
     """TF32 switches on and TF32 rounding emulated inside (or nothing, when not enabled)."""

@@ -23,7 +23,7 @@ from betty.configs import Config, EngineConfig
 
 from sgl_betty.config import SGLConfig
 from sgl_betty.learner import Learner
-from sgl_betty.problems import ArchStage, Peer, VStage, WStage
+from sgl_betty.problems import ArchStage, NonFiniteWatch, Peer, VStage, WStage
 
 from .batches import SharedBatches
 from .hypergradient import BettyPaths, OneSweep, ValidationObjective
@@ -130,7 +130,7 @@ def build_sgl_engine(
             for net in (learner.v_net, learner.w_net):
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
-    shared = dict(batches=batches, sgl=config)
+    shared = dict(batches=batches, sgl=config, non_finite=NonFiniteWatch())
     hypergrad = config.hypergrad.type
     v_stages, w_stages, arch_stages = [], [], []
     for k, learner in enumerate(learners):
@@ -200,6 +200,7 @@ def build_sgl_engine(
         batches=batches,
         device=device,
         num_learners=num,
+        non_finite=shared["non_finite"],
     )
     if isinstance(hypergradient, OneSweep):
         hypergradient.arch_stages = list(arch_stages)
@@ -216,6 +217,9 @@ def build_sgl_engine(
             stage.optimizer = make_optimizer(stage.trainable_parameters())
             stage.scheduler = make_scheduler(stage.optimizer) if make_scheduler else None
     record_unrolled_steps(config, v_stages, w_stages)
+    if config.compile:
+        for stage in v_stages + w_stages:
+            stage.compiled_module = torch.compile(stage.module, backend=config.compile_backend)
     engine.precision_policy = describe_policy(
         config.autocast_dtype, hypergrad != "first_order", config.hypergrad.full_precision
     )

@@ -44,11 +44,14 @@ class ValidationObjective:
         self.w_stages = {stage.learner: stage for stage in w_stages}
         self.loss = loss
 
-    def learner_loss(self, learner: int, batch):
-        """Learner ``learner``'s term of F, and its validation metrics."""
+    def learner_loss(self, learner: int, batch, compiled: bool = False):
+        """Learner ``learner``'s term of F, and its validation metrics; ``compiled``: through
+        W's compiled network where it has one (a pass differentiated once, at W's weights)."""
         x, y = batch
         stage = self.w_stages[learner]
-        logits = stage.module(x, stage.architecture())
+        network = stage.compiled_module if compiled else None
+        network = network if network is not None else stage.module
+        logits = network(x, stage.architecture())
         loss = self.loss(logits, y)
         return loss, {"val_loss": loss.detach(), "val_acc": accuracy(logits.detach(), y)}
 
@@ -151,7 +154,10 @@ class OneSweep:
             if w_params and self.at_one_step_weights:
                 point = weights_set_to(w_params, w_stage.last_step.one_step_weights())
             with point:
-                loss, self.metrics[arch.learner] = self.objective.learner_loss(arch.learner, batch)
+                # Only dF/dA (first order): a single backward, at W's own weights.
+                loss, self.metrics[arch.learner] = self.objective.learner_loss(
+                    arch.learner, batch, compiled=not w_params
+                )
                 found = torch.autograd.grad(loss, w_params + a_params, allow_unused=True)
             found = [
                 torch.zeros_like(p) if g is None else g for g, p in zip(found, w_params + a_params)

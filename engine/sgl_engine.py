@@ -3,6 +3,10 @@
 Betty runs the graph: each step it steps the leaves (the V stages, or the W stage when K = 1),
 and every problem steps its uppers once all of their lowers have stepped, which is the paper's
 Algorithm 1 (all V, then all W, then all A). This class only adds what Betty lacks.
+
+A step never reads a value back to the host (on a GPU that would wait for the device): the
+metrics and the non-finite watch stay on the device until ``metrics()`` and ``check_finite()``
+read them, which the recipe does on its logging steps and before checkpoints.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import torch.distributed as dist
 from betty.engine import Engine
 from betty.logging.logger_base import get_logger
 
+from sgl_betty.problems import NonFiniteWatch
 from sgl_betty.runtime import process_device
 
 from .batches import SharedBatches
+from .data_parallel import GradientAverage
 
 
 def launched_distributed() -> bool:
@@ -27,10 +33,18 @@ def launched_distributed() -> bool:
 
 class SGLEngine(Engine):
     def __init__(
-        self, problems, config, dependencies, batches: SharedBatches, device, num_learners: int
+        self,
+        problems,
+        config,
+        dependencies,
+        batches: SharedBatches,
+        device,
+        num_learners: int,
+        non_finite: NonFiniteWatch | None = None,
     ):
         self.requested_device = torch.device(device)
         self.batches = batches
+        self.non_finite = non_finite if non_finite is not None else NonFiniteWatch()
         self.num_learners = num_learners
         self.distributed = launched_distributed()
         # Betty logs every problem's wiring at INFO; with 3K problems that buries the run's output.
@@ -63,10 +77,13 @@ class SGLEngine(Engine):
         return dist_dict
 
     def _start_data_parallel(self) -> None:
+        backend = dist.get_backend()
         for problem in self.problems:
             for tensor in list(problem.module.parameters()) + list(problem.module.buffers()):
                 dist.broadcast(tensor.data, src=0)
-            problem.world_size = self._world_size
+            problem.average_gradients = GradientAverage(
+                problem.trainable_parameters(), self._world_size, backend
+            )
 
     @property
     def rank(self) -> int:
@@ -105,6 +122,17 @@ class SGLEngine(Engine):
     def train_step(self):
         self.batches.advance()
         super().train_step()
+        self.non_finite.end_step(self.batches.step)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError naming the learner, stage and step of the first NaN or infinite
+        loss or hypergradient since the engine started (one host read)."""
+        self.non_finite.check(now=self.batches.step)
+
+    def run(self):
+        """Betty's loop over ``train_iters`` steps, then the non-finite check."""
+        super().run()
+        self.check_finite()
 
     def step(self) -> None:
         """One SGL iteration: every V, W and architecture problem steps once."""
@@ -118,15 +146,21 @@ class SGLEngine(Engine):
         return {k: self.problem("arch", k).last_hypergrad for k in range(self.num_learners)}
 
     def metrics(self) -> dict[str, float]:
-        """The last step's metrics as flat floats: ``learner{k}/{stage}_{name}``."""
-        flat: dict[str, float] = {}
+        """The last step's metrics as flat floats: ``learner{k}/{stage}_{name}`` (one host read
+        for all of them)."""
+        names, values = [], []
         for (role, learner), problem in sorted(
             self.stages.items(), key=lambda item: (item[0][1], item[0][0])
         ):
             for name, value in problem.last_metrics.items():
-                value = value.item() if isinstance(value, torch.Tensor) else float(value)
-                flat[f"learner{learner}/{role}_{name}"] = value
-        return flat
+                names.append(f"learner{learner}/{role}_{name}")
+                values.append(value)
+        tensors = [v.detach().reshape(()).double() for v in values if isinstance(v, torch.Tensor)]
+        read = iter(torch.stack(tensors).tolist() if tensors else [])
+        return {
+            name: next(read) if isinstance(value, torch.Tensor) else float(value)
+            for name, value in zip(names, values)
+        }
 
     @torch.no_grad()
     def validation(self):

@@ -37,8 +37,10 @@ def solve_cg(hvp, vector, iterations: int, scale: float = 1.0, tol: float = 1e-1
     """Approximately solve H x = v by conjugate gradient, with ``hvp(p) = H p``.
 
     ``scale`` multiplies H inside the solve (Betty's ``cg_alpha``); the returned x solves the
-    unscaled system. Stops early once the residual is below ``tol`` relative to ||v||, which
-    also avoids dividing by a zero curvature after exact convergence.
+    unscaled system. Once the residual is below ``tol`` relative to ||v|| (or v is zero), the
+    remaining iterations leave x, the residual and the direction exactly as they are, which also
+    avoids dividing by a zero curvature after exact convergence. That test stays on the device:
+    the iterations are masked, not cut short, so the host never waits for a residual.
     """
     x = [torch.zeros_like(v) for v in vector]
     r = [v.clone() for v in vector]
@@ -46,14 +48,17 @@ def solve_cg(hvp, vector, iterations: int, scale: float = 1.0, tol: float = 1e-1
     rr = dot(r, r)
     threshold = (tol**2) * rr
     for _ in range(iterations):
-        if rr <= threshold or rr == 0:
-            break
+        active = rr > threshold
         hp = [scale * h for h in hvp(p)]
-        step = rr / dot(p, hp)
+        # Where inactive, the division may be 0/0: where() keeps its result out.
+        step = torch.where(active, rr / dot(p, hp), 0.0)
         x = [xi + step * pi for xi, pi in zip(x, p)]
         r = [ri - step * hi for ri, hi in zip(r, hp)]
         rr_next = dot(r, r)
-        p = [ri + (rr_next / rr) * pi for ri, pi in zip(r, p)]
+        # Active: p = r + (rr_next / rr) p; inactive: p unchanged (0 * r + 1 * p).
+        beta = torch.where(active, rr_next / rr, 1.0)
+        keep = active.to(rr.dtype)
+        p = [keep * ri + beta * pi for ri, pi in zip(r, p)]
         rr = rr_next
     return [scale * xi for xi in x]
 

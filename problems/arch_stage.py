@@ -44,6 +44,5 @@ class ArchStage(SGLStage):
             for p in self.trainable_parameters()
         ]
         norm = torch.sqrt(sum(g.pow(2).sum() for g in self.last_hypergrad))
-        if not torch.isfinite(norm):
-            self.fail_non_finite("hypergradient", norm.item())
+        self.watch("hypergradient", norm)
         self.last_metrics["hypergrad_norm"] = norm

@@ -9,6 +9,8 @@ from betty.problems import ImplicitProblem
 
 from sgl_betty.config import SGLConfig
 
+from .non_finite import NonFiniteWatch
+
 
 def detach_tree(value):
     """Detach every tensor in what an architecture's ``forward()`` returns."""
@@ -29,17 +31,21 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     return (logits.argmax(dim=-1) == target).float().mean()
 
 
-class NonFiniteError(FloatingPointError):
-    """A loss or hypergradient became NaN or infinite; the message names learner, stage and step."""
-
-
 class SGLStage(ImplicitProblem):
     """Base of the V, W and architecture stages of one learner."""
 
     role: str = ""
 
     def __init__(
-        self, learner, module, optimizer, scheduler, batches, sgl: SGLConfig, betty_config: Config
+        self,
+        learner,
+        module,
+        optimizer,
+        scheduler,
+        batches,
+        sgl: SGLConfig,
+        betty_config: Config,
+        non_finite: NonFiniteWatch | None = None,
     ):
         super().__init__(
             name=f"{self.role}_{learner}",
@@ -54,14 +60,28 @@ class SGLStage(ImplicitProblem):
         # True only while Betty computes this problem's own descent step; solvers that
         # re-evaluate the loss for a hypergradient see False.
         self.descending = False
-        # > 1 when the engine runs data-parallel: gradients are averaged before each step.
-        self.world_size = 1
+        # Set by the engine when it runs data-parallel (engine/data_parallel.py): averages the
+        # gradients over the processes before each step.
+        self.average_gradients = None
+        # Metrics stay device tensors: the engine reads them only when asked (``metrics()``).
         self.last_metrics: dict[str, torch.Tensor | float] = {}
+        # Where the stage's loss (and the architecture's hypergradient) is watched for NaN/inf.
+        self.non_finite = non_finite if non_finite is not None else NonFiniteWatch()
         # Set by the engine where a hypergradient differentiates the step this problem takes:
         # called before each optimizer step, it returns what the solvers need of that step
         # (engine/unrolled.py), kept as ``last_step``.
         self.step_recorder = None
         self.last_step = None
+        # torch.compile(module) where SGLConfig.compile is on; used by ``network()``.
+        self.compiled_module = None
+
+    def network(self):
+        """The network to call: the compiled one in the own descent step (a single backward
+        pass), the eager module for every re-evaluation by a hypergradient solver (double
+        backward, perturbed or swapped weights)."""
+        if self.compiled_module is not None and self.descending:
+            return self.compiled_module
+        return self.module
 
     def training_step_exec(self, batch):
         # Mixed precision is for the descent step only: hypergradient solvers re-evaluate this
@@ -75,25 +95,22 @@ class SGLStage(ImplicitProblem):
             return self.training_step(batch)
 
     def get_loss(self, batch):
+        """Betty's ``get_loss`` (the loss of the own descent step) without its ``loss.item()``:
+        the loss, its metric and its finiteness stay on the device."""
         self.descending = True
         try:
-            loss, loss_dict = super().get_loss(batch)
+            loss = self.training_step_exec(batch)
         finally:
             self.descending = False
-        if not torch.isfinite(loss).all():
-            self.fail_non_finite("loss", loss_dict["loss"])
+        self.watch("loss", loss)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.last_metrics.update(loss=loss_dict["loss"], lr=lr)
-        return loss, loss_dict
+        self.last_metrics.update(loss=loss.detach(), lr=lr)
+        return loss / self.gas, {"loss": loss.detach()}
 
     def grad_callback(self):
         # Betty calls this between the backward pass (hypergradient included) and the step.
-        if self.world_size > 1:
-            for param in self.trainable_parameters():
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                torch.distributed.all_reduce(param.grad)
-                param.grad.div_(self.world_size)
+        if self.average_gradients is not None:
+            self.average_gradients()
         if self.step_recorder is not None:
             self.last_step = self.step_recorder(self)
 
@@ -104,13 +121,9 @@ class SGLStage(ImplicitProblem):
         if self.last_step is not None:
             self.last_step.clip_scale = torch.clamp(self.gradient_clipping / (norm + 1e-6), max=1.0)
 
-    def fail_non_finite(self, what: str, value) -> None:
-        raise NonFiniteError(
-            f"non-finite {what} ({value}) in the {self.role} stage of learner {self.learner} "
-            f"at step {self.batches.step}: lower the learning rate, enable gradient clipping "
-            "(search.grad_clip in the recipes, grad_clip_* in SGLConfig), or check the data "
-            "for NaN/inf values; the last checkpoint holds the state before this step"
-        )
+    def watch(self, what: str, value: torch.Tensor) -> None:
+        """Hand a scalar to the non-finite watch (read by ``SGLEngine.check_finite``)."""
+        self.non_finite.observe(self.role, self.learner, what, value)
 
     def record(self, **metrics) -> None:
         """Keep metrics of the own descent step only (not of solver re-evaluations)."""

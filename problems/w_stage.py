@@ -98,13 +98,13 @@ class WStage(SGLStage):
     def training_step(self, batch):
         (x, y), x_u = batch
         arch = self.architecture_weights(self.architecture)
-        logits = self.module(x, arch)
+        logits = self.network()(x, arch)
         labeled = self.sgl.labeled_loss(logits, y)
         loss = labeled + self.weight_penalty()
         if self.peers:
             if self.descending:
                 loss = self.backward_now(loss)
-            logits_u = self.module(x_u, arch)
+            logits_u = self.network()(x_u, arch)
             pseudo = sum(
                 self.sgl.pseudo_loss(logits_u, self.pseudo_labels(peer, x_u)) for peer in self.peers
             )

@@ -101,6 +101,11 @@ class SGLConfig:
     off (``engine/precision.py``).
     ``channels_last``: networks and image batches in channels-last memory format (faster
     convolutions on GPUs with tensor cores).
+    ``compile``: ``torch.compile`` each V and W network (backend ``compile_backend``) for the
+    passes that differentiate once: every V and W descent step and, for ``first_order``, the
+    architectures' validation pass. Everything that differentiates twice or moves the weights
+    (the hypergradient solvers' re-evaluations, finite differences, the validation pass of the
+    second-order types) runs the eager network: the compiled one shares its parameters.
     """
 
     lam: float = 0.1
@@ -118,6 +123,8 @@ class SGLConfig:
     arch_warmup_steps: int = 0
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if isinstance(self.hypergrad, dict):

@@ -14,3 +14,5 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 import torch  # noqa: E402  (after the environment it reads)
 
 torch.set_num_threads(1)
+# The recipes respect it (they choose threads themselves otherwise), and subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")

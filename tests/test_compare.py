@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 
 from sgl_betty.tracking import compare_runs, markdown_report
-from sgl_betty.tracking.compare import COMPARE_FIGSIZE
+from sgl_betty.tracking.compare import compare_figsize
 from sgl_betty.tracking.figures import FIGURE_DPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -184,7 +184,7 @@ def test_cli_writes_report_and_plot_and_skips_what_is_not_a_run(runs, tmp_path, 
     assert f"- skipping {runs / 'notes'}: no summary.json: not a run folder" in out.read_text()
 
     image = matplotlib.image.imread(plot)
-    width, height = COMPARE_FIGSIZE
+    width, height = compare_figsize(3)  # first_order (two seeds), darts, DARTS_V2
     assert image.shape[:2] == (round(height * FIGURE_DPI), round(width * FIGURE_DPI))
     assert image[..., :3].std() > 0.02
 

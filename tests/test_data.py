@@ -33,7 +33,7 @@ def _underlying(subset):
 
 def test_cifar100_search_splits_first_and_second_half_with_cifar10_as_unlabeled(cifar_root):
     root, cifar10, cifar100 = cifar_root
-    data = build_search_data("cifar100", root=root, batch_size=10)
+    data = build_search_data("cifar100", root=root, batch_size=10, local_checksums=True)
 
     train_base, train_indices = _underlying(data.train.dataset)
     val_base, val_indices = _underlying(data.val.dataset)
@@ -64,7 +64,7 @@ def test_cifar100_search_splits_first_and_second_half_with_cifar10_as_unlabeled(
 
 def test_cifar10_search_takes_cifar100_images_as_unlabeled(cifar_root):
     root, cifar10, cifar100 = cifar_root
-    data = build_search_data("cifar10", root=root, batch_size=10)
+    data = build_search_data("cifar10", root=root, batch_size=10, local_checksums=True)
     train_base, _ = _underlying(data.train.dataset)
     assert isinstance(train_base, datasets.CIFAR10)
     assert not isinstance(train_base, datasets.CIFAR100)
@@ -75,7 +75,7 @@ def test_cifar10_search_takes_cifar100_images_as_unlabeled(cifar_root):
 
 def test_unlabeled_train_reuses_the_labeled_half_without_labels(cifar_root):
     root, _, _ = cifar_root
-    data = build_search_data("cifar100", "train", root=root, batch_size=10)
+    data = build_search_data("cifar100", "train", root=root, batch_size=10, local_checksums=True)
     assert data.unlabeled.dataset.labeled is data.train.dataset
     assert isinstance(data.unlabeled.dataset[0], torch.Tensor)
     assert len(data.unlabeled.dataset) == 50
@@ -84,7 +84,12 @@ def test_unlabeled_train_reuses_the_labeled_half_without_labels(cifar_root):
 def test_unlabeled_synthetic_with_real_cifar(cifar_root):
     root, _, _ = cifar_root
     data = build_search_data(
-        "cifar10", "synthetic", root=root, batch_size=8, synthetic={"unlabeled": 24}
+        "cifar10",
+        "synthetic",
+        root=root,
+        batch_size=8,
+        synthetic={"unlabeled": 24},
+        local_checksums=True,
     )
     batch = next(iter(data.unlabeled))
     assert batch.shape == (8, 3, 32, 32) and len(data.unlabeled.dataset) == 24
@@ -92,7 +97,9 @@ def test_unlabeled_synthetic_with_real_cifar(cifar_root):
 
 def test_limit_and_train_portion(cifar_root):
     root, _, _ = cifar_root
-    data = build_search_data("cifar100", root=root, batch_size=4, limit=10, train_portion=0.6)
+    data = build_search_data(
+        "cifar100", root=root, batch_size=4, limit=10, train_portion=0.6, local_checksums=True
+    )
     assert data.train.dataset.indices == list(range(10))
     assert data.val.dataset.indices == list(range(60, 70))
     assert len(data.unlabeled.dataset) == 10 and len(data.test) == 10
@@ -103,7 +110,7 @@ def test_limit_and_train_portion(cifar_root):
 
 def test_missing_dataset_names_directory_files_and_remedy(tmp_path):
     with pytest.raises(DatasetNotFoundError) as caught:
-        build_search_data("cifar100", root=tmp_path, batch_size=4)
+        build_search_data("cifar100", root=tmp_path, batch_size=4, local_checksums=True)
     message = str(caught.value)
     assert isinstance(caught.value, FileNotFoundError)
     assert str(tmp_path / "cifar-100-python") in message
@@ -115,20 +122,20 @@ def test_missing_dataset_names_directory_files_and_remedy(tmp_path):
 def test_missing_unlabeled_cifar_is_reported_too(tmp_path):
     write_cifar100(tmp_path, train_images=20, test_images=4)
     with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
-        build_search_data("cifar100", root=tmp_path, batch_size=4)
+        build_search_data("cifar100", root=tmp_path, batch_size=4, local_checksums=True)
 
 
 def test_partly_missing_folder_lists_missing_files(tmp_path):
     folder = write_cifar10(tmp_path, images_per_batch=4, test_images=4).folder
     (folder / "data_batch_3").unlink()
     with pytest.raises(DatasetNotFoundError, match="missing: data_batch_3"):
-        load_cifar("cifar10", tmp_path, train=True)
+        load_cifar("cifar10", tmp_path, train=True, local_checksums=True)
 
 
 def test_generated_files_without_manifest_fail_torchvision_md5_check(tmp_path):
     write_cifar10(tmp_path, images_per_batch=4, test_images=4, with_manifest=False)
     with pytest.raises(DatasetCorruptedError, match="md5"):
-        load_cifar("cifar10", tmp_path, train=True)
+        load_cifar("cifar10", tmp_path, train=True, local_checksums=True)
     # The plain torchvision class is what ran and refused them.
     with pytest.raises(RuntimeError, match="corrupted"):
         datasets.CIFAR10(str(tmp_path), train=True, download=False)
@@ -140,7 +147,7 @@ def test_files_edited_after_manifest_are_rejected(tmp_path):
     with open(folder / "test", "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(DatasetCorruptedError):
-        load_cifar("cifar100", tmp_path, train=False)
+        load_cifar("cifar100", tmp_path, train=False, local_checksums=True)
 
 
 def test_bad_names_list_allowed_values(cifar_root):
@@ -148,9 +155,9 @@ def test_bad_names_list_allowed_values(cifar_root):
     with pytest.raises(ValueError, match="allowed: cifar100, cifar10, synthetic"):
         build_search_data("imagenet", root=root)
     with pytest.raises(ValueError, match="allowed: cifar10, cifar100, train, synthetic"):
-        build_search_data("cifar10", "svhn", root=root)
+        build_search_data("cifar10", "svhn", root=root, local_checksums=True)
     with pytest.raises(ValueError, match="D_val"):
-        build_search_data("cifar10", "cifar10", root=root)
+        build_search_data("cifar10", "cifar10", root=root, local_checksums=True)
     with pytest.raises(ValueError, match="allowed: cifar100, cifar10, synthetic"):
         build_eval_data("mnist", root=root)
     with pytest.raises(ValueError, match="unknown synthetic option"):
@@ -160,17 +167,17 @@ def test_bad_names_list_allowed_values(cifar_root):
 def test_batch_larger_than_split_is_refused(cifar_root):
     root, _, _ = cifar_root
     with pytest.raises(ValueError, match="fewer than one batch"):
-        build_search_data("cifar100", root=root, batch_size=64)
+        build_search_data("cifar100", root=root, batch_size=64, local_checksums=True)
 
 
 def test_eval_data_uses_all_training_images_with_cutout(cifar_root):
     root, _, _ = cifar_root
-    data = build_eval_data("cifar10", root=root, batch_size=20)
+    data = build_eval_data("cifar10", root=root, batch_size=20, local_checksums=True)
     assert len(data.train.dataset) == 100 and len(data.test.dataset) == 20
     assert any(isinstance(step, Cutout) for step in data.train.dataset.transform.transforms)
     images, labels = next(iter(data.train))
     assert images.shape == (20, 3, 32, 32) and labels.shape == (20,)
-    plain = build_eval_data("cifar10", root=root, batch_size=20, cutout=False)
+    plain = build_eval_data("cifar10", root=root, batch_size=20, cutout=False, local_checksums=True)
     assert not any(isinstance(step, Cutout) for step in plain.train.dataset.transform.transforms)
 
 

@@ -56,6 +56,7 @@ def test_two_processes_end_with_identical_weights_and_one_run_folder(tmp_path):
     # Written once, by rank 0: one row per epoch, one summary line on screen.
     assert [row["epoch"] for row in read_jsonl(run / "metrics.jsonl")] == [0, 1]
     assert {p.name for p in run.iterdir()} == {
+        "run.json",
         "config.yaml",
         "metrics.jsonl",
         "model.pt",

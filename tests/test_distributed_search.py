@@ -46,5 +46,5 @@ def test_two_processes_share_the_batch_keep_identical_architectures_and_write_on
     assert rank0 == rank1  # the architectures did not drift apart
     assert len(set(rank0)) == 2  # two learners, two different architectures
     assert len((run_dir / "genotypes.jsonl").read_text().splitlines()) == 1  # written once
-    architectures = torch.load(run_dir / "architecture.pt")
+    architectures = torch.load(run_dir / "architecture.pt", weights_only=True)
     assert set(architectures) == {0, 1}

@@ -63,6 +63,7 @@ def test_tiny_evaluation_on_synthetic_data_reports_what_its_model_scores(tmp_pat
     assert main("cifar100", TINY_EVAL + ["eval.genotype=DARTS_V2", f"run.dir={run}"]) == 0
 
     assert {p.name for p in run.iterdir()} == {
+        "run.json",
         "config.yaml",
         "metrics.jsonl",
         "model.pt",
@@ -104,6 +105,7 @@ def test_evaluation_on_generated_cifar100_trains_the_auxiliary_head(tmp_path):
         "eval.genotype=PDARTS",
         "data.dataset=cifar100",
         f"data.root={tmp_path / 'data'}",
+        "data.local_checksums=true",
         "data.image_size=32",
         "eval.auxiliary=true",
         f"run.dir={run}",
@@ -116,7 +118,7 @@ def test_evaluation_on_generated_cifar100_trains_the_auxiliary_head(tmp_path):
     assert any(name.startswith("auxiliary_head") for name, _ in network.named_parameters())
     # The head is trained but, as in the papers, not counted.
     assert summary["params_m"] == count_parameters_m(NetworkCIFAR(4, 100, 3, True, "PDARTS"))
-    data = build_eval_data("cifar100", root=tmp_path / "data", batch_size=8)
+    data = build_eval_data("cifar100", root=tmp_path / "data", batch_size=8, local_checksums=True)
     expected, images = error_percent(network, data.test, 16)
     assert summary["test_images"] == images == 12
     assert summary["test_error"] == pytest.approx(expected)

@@ -135,7 +135,7 @@ def test_kill_9_between_checkpoints_then_resume_reproduces_the_run(uninterrupted
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "summary.json").exists()
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert (state["position"]["epoch"], state["position"]["step"]) == (0, 1)
 
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 0
@@ -149,7 +149,7 @@ def test_sigterm_checkpoints_exits_130_and_says_how_to_resume(uninterrupted, tmp
     assert process.returncode == 130, stderr
     assert f"--stage eval --resume {tmp_path}" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "summary.json").exists()
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert (state["position"]["epoch"], state["position"]["step"]) == (1, 1)
 
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 0
@@ -188,7 +188,7 @@ def test_crash_then_resume_reproduces_the_run(
         crash_at_step(patch, crash_step)
         with pytest.raises(RuntimeError, match="simulated crash"):
             main("cifar100", TINY + [f"run.dir={tmp_path}"])
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert (state["position"]["epoch"], state["position"]["step"]) == position
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 0
     assert_same_run(tmp_path, uninterrupted)
@@ -206,7 +206,7 @@ def test_crash_after_the_last_epoch_resumes_to_the_summary(uninterrupted, tmp_pa
         patch.setattr(RunFolder, "write_json", fail_on_summary)
         with pytest.raises(RuntimeError, match="simulated crash"):
             main("cifar100", TINY + [f"run.dir={tmp_path}"])
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert (state["position"]["epoch"], state["position"]["step"]) == (2, 0)
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 0
     assert_same_run(tmp_path, uninterrupted)
@@ -247,13 +247,21 @@ def test_several_seeds_resume_the_stopped_seed_and_skip_the_finished(tmp_path, m
     assert summary(run)["test_error_mean"] == summary(full)["test_error_mean"]
 
 
-def test_resume_errors_name_the_fix(uninterrupted, tmp_path, capsys):
-    # A run folder that stopped before its first checkpoint.
-    (tmp_path / "config.yaml").write_text((uninterrupted / "config.yaml").read_text())
-    assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "checkpoint.pt does not exist" in err and "without --resume" in err
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(uninterrupted, tmp_path, capsys):
+    # What a run leaves before its first checkpoint: run.json, config.yaml, maybe metrics rows.
+    for name in ("config.yaml", "run.json"):
+        (tmp_path / name).write_text((uninterrupted / name).read_text())
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "partial": true}\n')
+    (tmp_path / ".checkpoint.pt.abcd1234.tmp").write_bytes(b"left by kill -9")
+    config = (tmp_path / "config.yaml").read_text().replace(str(uninterrupted), str(tmp_path))
+    (tmp_path / "config.yaml").write_text(config)
+    assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 0
+    assert "starts again from its first step" in capsys.readouterr().err
+    assert_same_run(tmp_path, uninterrupted)
+    assert not list(tmp_path.glob(".*.tmp"))
 
+
+def test_resume_errors_name_the_fix(uninterrupted, tmp_path, capsys):
     # Not a run folder at all.
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "config.yaml" in capsys.readouterr().err
@@ -261,6 +269,8 @@ def test_resume_errors_name_the_fix(uninterrupted, tmp_path, capsys):
     # An evaluation run resumed as a search, and a search checkpoint resumed as an evaluation.
     assert main("cifar100", ["--resume", str(uninterrupted)]) == 2
     assert f"--stage eval --resume {uninterrupted}" in capsys.readouterr().err
+    for name in ("config.yaml", "run.json"):
+        (tmp_path / name).write_text((uninterrupted / name).read_text())
     torch.save({"engine": {}}, tmp_path / CHECKPOINT)
     assert main("cifar100", ["--stage", "eval", "--resume", str(tmp_path)]) == 2
     assert "--stage search --resume" in capsys.readouterr().err
@@ -292,7 +302,7 @@ def test_two_processes_stop_together_and_resume_to_the_same_weights(tmp_path):
     )
     assert stopped.returncode != 0
     assert stopped.stderr.count("resume with: --stage eval --resume run") == 2
-    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
     assert (state["position"]["epoch"], state["position"]["step"]) == (1, 1)
     assert len(state["rng"]) == len(state["position"]["epoch_rng"]) == 2
 

@@ -56,7 +56,7 @@ def test_tiny_sgl_search_finishes_with_valid_genotypes(method, tmp_path):
 
 
 def test_pc_darts_baseline_runs_alone(tmp_path):
-    cfg = tiny_config("pc_darts", tmp_path, "learners=1", "search.pc_partial_channels=2")
+    cfg = tiny_config("pc_darts", tmp_path, "learners=1", "lam=0", "search.pc_partial_channels=2")
     run_search(cfg)
     check_genotypes(tmp_path, cfg.search.steps, 1)
 
@@ -97,7 +97,8 @@ def test_cifar100_presets_carry_the_reference_hyperparameters(
 ):
     cfg = load_config([f"preset={preset}"], recipe="cifar100", config_dir=CONFIG_DIR)
     search = cfg.search
-    assert (cfg.learners, cfg.lam, cfg.hypergrad.type) == (learners, 0.1, "first_order")
+    lam = 0.1 if learners > 1 else 0.0  # a baseline has no peers to weigh
+    assert (cfg.learners, cfg.lam, cfg.hypergrad.type) == (learners, lam, "first_order")
     assert (search.method, search.epochs, search.batch_size) == (method, epochs, batch)
     assert (search.weight_lr, search.weight_lr_min, search.arch_lr) == (lr, lr_min, arch_lr)
     assert search.arch_warmup_epochs == warmup

@@ -22,6 +22,7 @@ from sgl_betty.search_space import (
     skip_dropout_rate,
 )
 from sgl_betty.search_space.ops import FactorizedReduce
+from sgl_betty.search_space.scheduled import ScheduledDropout
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -119,11 +120,11 @@ def test_skip_dropout_schedule_by_progress_is_constant_within_an_epoch():
 def test_dropout_follows_only_the_stride_one_skip_connect():
     op = SkipDropoutMixedOp(4, 1)
     skip = op.ops[PRIMITIVES.index("skip_connect")]
-    assert isinstance(skip, nn.Sequential) and isinstance(skip[1], nn.Dropout)
-    assert [m for m in op.modules() if isinstance(m, nn.Dropout)] == [skip[1]]
+    assert isinstance(skip, nn.Sequential) and isinstance(skip[1], ScheduledDropout)
+    assert [m for m in op.modules() if isinstance(m, ScheduledDropout)] == [skip[1]]
     reduce_op = SkipDropoutMixedOp(4, 2)
     assert isinstance(reduce_op.ops[PRIMITIVES.index("skip_connect")], FactorizedReduce)
-    assert not any(isinstance(m, nn.Dropout) for m in reduce_op.modules())
+    assert not any(isinstance(m, ScheduledDropout) for m in reduce_op.modules())
 
     x = torch.randn(2, 4, 6, 6)
     weights = one_hot("skip_connect")
@@ -312,12 +313,15 @@ def test_plan_from_the_default_config_matches_the_reference():
         (["search.pdarts_ops_kept=[5,3]"], "one entry per stage"),
         (["search.pdarts_ops_kept=[5,5,1]"], "stage 1 has 5 ops"),
         (["search.pdarts_ops_kept=[5,1,1]"], "stage 1 has 5 ops per edge and must keep between 2"),
-        (["search.pdarts_skip_dropout=[0.1,0.2,1.5]"], r"\[0, 1\]"),
+        # Refused by the config's own checks already, before the plan.
+        (["search.pdarts_skip_dropout=[0.1,0.2,1.5]"], r"pdarts_skip_dropout\[2\]=1.5.*\[0, 1\)"),
     ],
 )
 def test_plan_rejects_inconsistent_settings(overrides, message):
-    cfg = load_config(["preset=sgl_p_darts", *overrides], recipe="cifar100", config_dir=CONFIG_DIR)
     with pytest.raises(ConfigError, match=message):
+        cfg = load_config(
+            ["preset=sgl_p_darts", *overrides], recipe="cifar100", config_dir=CONFIG_DIR
+        )
         p_darts_plan(cfg)
 
 

@@ -183,7 +183,7 @@ def test_resume_after_sigterm_gives_the_uninterrupted_result(
         with pytest.raises(SearchInterrupted, match=f"after step {stop_step} of 6"):
             run_search(p_darts_config(tmp_path))
     assert not (tmp_path / "summary.json").exists()
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["position"]["stage"] == stage
     assert state["engine"]["global_step"] == stage_step
     assert (state["position"]["op_subsets"][0] is None) == (stage == 0)

@@ -56,7 +56,7 @@ def check_run_folder(run_dir: Path, learners: int, epochs: int, steps: int, step
         for genotype in row["genotypes"]:
             validate_genotype(genotype_from_dict(genotype), steps=steps_in_cell)
 
-    architectures = torch.load(run_dir / "architecture.pt")
+    architectures = torch.load(run_dir / "architecture.pt", weights_only=True)
     assert sorted(architectures) == list(range(learners))
     assert set(architectures[0]) == {"alpha_normal", "alpha_reduce"}
 
@@ -87,6 +87,7 @@ def test_tiny_search_on_cifar_archives(recipe, dataset, unlabeled, classes, tmp_
         f"data.dataset={dataset}",
         f"data.unlabeled={unlabeled}",
         f"data.root={data_root}",
+        "data.local_checksums=true",
         "data.image_size=8",
         f"run.dir={run_dir}",
     ]

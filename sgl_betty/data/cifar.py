@@ -2,9 +2,10 @@
 
 Real archives are loaded by torchvision's own classes and checked against torchvision's
 md5 values. A folder written by a generator (the tests' tiny archives) carries a
-manifest, ``LOCAL_CHECKSUMS_FILE``, with the md5 of each generated file: such a folder
-is loaded by the same torchvision classes, verified against the manifest's values
-instead. A folder without the manifest never skips torchvision's check.
+manifest, ``LOCAL_CHECKSUMS_FILE``, with the md5 of each generated file. Only when asked
+explicitly (``local_checksums=True``, the recipes' ``data.local_checksums=true``) is such a
+folder verified against the manifest's values instead of torchvision's: CIFAR files are
+pickles, and a data folder from elsewhere must not swap torchvision's check for its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,14 +21,16 @@ from pathlib import Path
 
 from torchvision import datasets
 
+from sgl_betty.errors import UserError
+
 LOCAL_CHECKSUMS_FILE = "sgl_betty_local_checksums.json"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """The dataset's files are not on disk and downloading was not requested."""
 
 
-class DatasetCorruptedError(RuntimeError):
+class DatasetCorruptedError(UserError, RuntimeError):
     """The dataset's files are on disk but fail their checksum."""
 
 
@@ -128,13 +132,26 @@ _LOCALLY_GENERATED = {"cifar10": LocallyGeneratedCIFAR10, "cifar100": LocallyGen
 
 
 def _manifest_checksums(spec: CifarSpec, folder: Path) -> dict[str, str]:
-    manifest = json.loads((folder / LOCAL_CHECKSUMS_FILE).read_text())
-    checksums: dict[str, str] = manifest.get("md5", {})
+    manifest_file = folder / LOCAL_CHECKSUMS_FILE
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetCorruptedError(
+            f"{manifest_file} cannot be read ({error}); write it again with "
+            "sgl_betty.data.write_local_checksums, or set data.local_checksums=false to check "
+            "the files against torchvision's md5 values"
+        ) from None
+    checksums = manifest.get("md5") if isinstance(manifest, dict) else None
+    if not isinstance(checksums, dict) or not all(
+        isinstance(value, str) for value in checksums.values()
+    ):
+        raise DatasetCorruptedError(
+            f"{manifest_file} has no 'md5' mapping of file names to md5 strings; write it again "
+            "with sgl_betty.data.write_local_checksums"
+        )
     unlisted = [name for name in spec.expected_files if name not in checksums]
     if unlisted:
-        raise DatasetCorruptedError(
-            f"{folder / LOCAL_CHECKSUMS_FILE} lists no checksum for {', '.join(unlisted)}"
-        )
+        raise DatasetCorruptedError(f"{manifest_file} lists no checksum for {', '.join(unlisted)}")
     return checksums
 
 
@@ -155,8 +172,13 @@ def load_cifar(
     train: bool,
     transform: Callable | None = None,
     download: bool = False,
+    local_checksums: bool = False,
 ) -> datasets.CIFAR10:
-    """Return torchvision's CIFAR10/CIFAR100 dataset (train or test split) under ``root``."""
+    """Return torchvision's CIFAR10/CIFAR100 dataset (train or test split) under ``root``.
+
+    ``local_checksums``: verify a generated folder against its ``LOCAL_CHECKSUMS_FILE``
+    manifest instead of torchvision's md5 values (only for data generated on this machine).
+    """
     spec = cifar_spec(name)
     root = Path(root).expanduser()
     folder = root / spec.folder
@@ -165,7 +187,8 @@ def load_cifar(
         if missing:
             raise DatasetNotFoundError(_missing_dataset_message(spec, root, missing))
     kwargs = {"train": train, "transform": transform, "download": download}
-    if (folder / LOCAL_CHECKSUMS_FILE).is_file():
+    has_manifest = (folder / LOCAL_CHECKSUMS_FILE).is_file()
+    if local_checksums and has_manifest:
         checksums = _manifest_checksums(spec, folder)
         construct = partial(_LOCALLY_GENERATED[spec.name], str(root), checksums, **kwargs)
     else:
@@ -182,10 +205,23 @@ def load_cifar(
             "data.download=false."
         ) from error
     except RuntimeError as error:
+        hint = (
+            f" {folder} has a {LOCAL_CHECKSUMS_FILE}: if you generated these files yourself, "
+            "set data.local_checksums=true to check them against it instead."
+            if has_manifest and not local_checksums
+            else ""
+        )
         raise DatasetCorruptedError(
             f"{spec.name} files in {folder} fail their md5 check ({error}). Delete the folder "
-            f"and download again (data.download=true), or extract {spec.url} into {root}."
-        ) from error
+            f"and download again (data.download=true), or extract {spec.url} into {root}.{hint}"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as error:
+        # Files whose md5 matched a manifest written after they were damaged.
+        raise DatasetCorruptedError(
+            f"{spec.name} files in {folder} cannot be read as CIFAR batches ({type(error).__name__}: "
+            f"{error}); they are truncated or not CIFAR files. Delete the folder and download "
+            f"again (data.download=true), or extract {spec.url} into {root}."
+        ) from None
 
 
 def is_locally_generated(dataset: object) -> bool:

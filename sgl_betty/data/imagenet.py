@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
 from .cifar import DatasetCorruptedError, DatasetNotFoundError
@@ -55,6 +56,20 @@ def imagenet_test_transform(
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+def load_checked_image(path: str) -> Image.Image:
+    """ImageFolder's loader (an RGB PIL image), with a file that cannot be decoded named in a
+    DatasetCorruptedError instead of PIL's traceback, wherever it is met (workers included)."""
+    try:
+        with open(path, "rb") as file:
+            image = Image.open(file)
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DatasetCorruptedError(
+            f"the image {path} cannot be decoded ({type(error).__name__}: {error}); it is "
+            "truncated or not an image: replace it or remove it from the ImageNet folder"
+        ) from None
 
 
 @dataclass
@@ -109,7 +124,9 @@ def load_imagenet(
         ("val", imagenet_test_transform(crop_size, resize_size)),
     ):
         try:
-            folders[split] = datasets.ImageFolder(root / split, transform=transform)
+            folders[split] = datasets.ImageFolder(
+                root / split, transform=transform, loader=load_checked_image
+            )
         except FileNotFoundError as error:
             # ImageFolder's message when a folder has no class folders or no images.
             raise DatasetNotFoundError(

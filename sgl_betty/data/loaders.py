@@ -161,11 +161,19 @@ def _unlabeled_cifar(
     normalization: CifarSpec,
     image_size: int,
     limit: int | None,
+    local_checksums: bool = False,
 ) -> Dataset:
     # D_u goes through the searching network, so it is normalized with the statistics
     # of the dataset being searched, not its own.
     transform = search_transform(normalization.mean, normalization.std, image_size)
-    images = load_cifar(source, root, train=True, transform=transform, download=download)
+    images = load_cifar(
+        source,
+        root,
+        train=True,
+        transform=transform,
+        download=download,
+        local_checksums=local_checksums,
+    )
     return WithoutLabels(_first_of(images, limit))
 
 
@@ -190,6 +198,7 @@ def build_search_data(
     synthetic: SyntheticSpec | Mapping | None = None,
     limit: int | None = None,
     pin_memory: bool = False,
+    local_checksums: bool = False,
 ) -> SearchData:
     """Build D_tr, D_val and D_u loaders for architecture search.
 
@@ -198,6 +207,7 @@ def build_search_data(
     ``train_portion`` splits real CIFAR; synthetic data has explicit split sizes.
     Shuffling is reproducible from ``seed``; augmentation draws come from torch's global
     RNG with num_workers=0, and from the loader's seed-derived worker seeds otherwise.
+    ``local_checksums``: see ``load_cifar``.
     """
     _check_dataset(dataset)
     unlabeled_source = _resolve_unlabeled(dataset, unlabeled)
@@ -226,7 +236,14 @@ def build_search_data(
         num_classes = spec.num_classes
         normalization = spec
         transform = search_transform(spec.mean, spec.std, size)
-        full_train = load_cifar(dataset, root, train=True, transform=transform, download=download)
+        full_train = load_cifar(
+            dataset,
+            root,
+            train=True,
+            transform=transform,
+            download=download,
+            local_checksums=local_checksums,
+        )
         train_indices, val_indices = darts_split(len(full_train), train_portion)
         train_indices, val_indices = first(train_indices, limit), first(val_indices, limit)
         train_set = subset(full_train, train_indices)
@@ -237,6 +254,7 @@ def build_search_data(
             train=False,
             transform=inference_transform(spec.mean, spec.std, size),
             download=download,
+            local_checksums=local_checksums,
         )
         test_set = _first_of(test, limit)
         details.append(_source_line(full_train, dataset, root))
@@ -258,7 +276,7 @@ def build_search_data(
     else:
         other = CIFAR_SPECS[unlabeled_source]
         unlabeled_set = _unlabeled_cifar(
-            unlabeled_source, root, download, normalization or other, size, limit
+            unlabeled_source, root, download, normalization or other, size, limit, local_checksums
         )
         details.append(f"D_u = {unlabeled_source} training images, labels dropped")
 
@@ -294,6 +312,7 @@ def build_eval_data(
     synthetic: SyntheticSpec | Mapping | None = None,
     limit: int | None = None,
     pin_memory: bool = False,
+    local_checksums: bool = False,
 ) -> EvalData:
     """Loaders for training a found cell from scratch: every training image, and test.
 
@@ -325,6 +344,7 @@ def build_eval_data(
             train=True,
             transform=eval_train_transform(cifar.mean, cifar.std, length, size),
             download=download,
+            local_checksums=local_checksums,
         )
         test_set = load_cifar(
             dataset,
@@ -332,6 +352,7 @@ def build_eval_data(
             train=False,
             transform=inference_transform(cifar.mean, cifar.std, size),
             download=download,
+            local_checksums=local_checksums,
         )
         details.append(_source_line(train_set, dataset, root))
     details.append(f"cutout {length}" if length else "no cutout")

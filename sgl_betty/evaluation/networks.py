@@ -10,16 +10,16 @@ from torch import nn
 from sgl_betty.genotypes import Genotype, resolve_genotype, validate_genotype
 from sgl_betty.search_space.darts import reduction_indices
 from sgl_betty.search_space.ops import OPS, FactorizedReduce, ReLUConvBN, is_identity
+from sgl_betty.search_space.scheduled import inverted_dropout, register_scalar, set_scalars
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+def drop_path(x: torch.Tensor, drop_prob: float | torch.Tensor) -> torch.Tensor:
     """Zeroes whole samples with probability ``drop_prob`` and rescales the rest by
-    1 / (1 - drop_prob), so that the expected output is unchanged."""
-    if drop_prob <= 0.0:
-        return x
-    keep_prob = 1.0 - drop_prob
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob)
-    return x / keep_prob * mask
+    1 / (1 - drop_prob), so that the expected output is unchanged. No branch on the value:
+    ``drop_prob`` may be a tensor (the network's buffer) without a host sync."""
+    if not isinstance(drop_prob, torch.Tensor):
+        drop_prob = torch.tensor(float(drop_prob), device=x.device)
+    return inverted_dropout(x, drop_prob, mask_shape=(x.size(0), 1, 1, 1))
 
 
 class EvalCell(nn.Module):
@@ -54,7 +54,9 @@ class EvalCell(nn.Module):
             OPS[name](channels, 2 if reduction and index < 2 else 1, True) for name, index in edges
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float | torch.Tensor | None
+    ) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in range(self.steps):
             node_sum = 0
@@ -63,7 +65,7 @@ class EvalCell(nn.Module):
                 h = op(states[self.inputs[edge]])
                 # An identity edge has no weights to regularise; dropping it would only cut the
                 # cell's shortcut.
-                if self.training and drop_prob > 0.0 and not is_identity(op):
+                if self.training and drop_prob is not None and not is_identity(op):
                     h = drop_path(h, drop_prob)
                 node_sum = node_sum + h
             states.append(node_sum)
@@ -138,7 +140,11 @@ class _EvalNetwork(nn.Module):
         self.genotype = genotype
         self.layers = layers
         self.auxiliary = auxiliary
-        self.drop_path_prob = 0.0
+        # The rate the trainer sets every epoch: a buffer (read by the cells on the device),
+        # and off (None to the cells, no random draws) while it is 0.
+        register_scalar(self, "drop_path_rate", 0.0)
+        self._drop_path_prob = 0.0
+        self.drop_path_active = False
         self.auxiliary_index = 2 * layers // 3
 
         prev_prev_channels, prev_channels, channels = stem_channels, stem_channels, C
@@ -163,15 +169,26 @@ class _EvalNetwork(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(prev_channels, num_classes)
 
+    @property
+    def drop_path_prob(self) -> float:
+        return self._drop_path_prob
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, value: float) -> None:
+        set_scalars([self.drop_path_rate], value)
+        self._drop_path_prob = float(value)
+        self.drop_path_active = value > 0
+
     def stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(logits, logits_aux)``; ``logits_aux`` is None unless training with the head."""
         logits_aux = None
+        drop_prob = self.drop_path_rate if self.drop_path_active else None
         s0, s1 = self.stem_forward(x)
         for index, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, drop_prob)
             if index == self.auxiliary_index and self.auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))

@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sgl_betty.config import HYPERGRAD_TYPES, HypergradConfig, SGLConfig
+from sgl_betty.errors import ConfigError
+from sgl_betty.secret_env import secrets_in
+from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
+
+from .config_checks import check_values
+from .resume_policy import check_resume_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DATASETS = ("cifar100", "cifar10", "synthetic")
@@ -26,10 +33,6 @@ DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("online", "offline", "disabled")
 EVAL_LEARNERS = ("best", "all")
 PRECISIONS = ("fp32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A configuration the run cannot use; the message names the key and the allowed values."""
 
 
 @dataclass
@@ -76,6 +79,10 @@ class SearchSchema:
     # Bitwise-reproducible kernels (torch.use_deterministic_algorithms, cuDNN without benchmark,
     # cuBLAS workspace): identical results after a resume on a GPU too, at some speed.
     deterministic: bool = False
+    # torch.compile the V and W networks for their descent steps (and the first-order validation
+    # pass); the hypergradient solvers' double-backward passes stay eager. The first steps
+    # compile (minutes on a CPU).
+    compile: bool = False
     # PC-DARTS: an edge's ops see 1/pc_partial_channels of its channels (the reference's K = 4).
     pc_partial_channels: int = 4
     # DARTS-: how the auxiliary skip's weight beta falls from 1 to 0 (linear or cosine).
@@ -113,15 +120,20 @@ class DataSchema:
     num_workers: int = 2
     image_size: int | None = None
     limit: int | None = None
+    # Check CIFAR folders that carry a generated-data manifest (sgl_betty_local_checksums.json)
+    # against it instead of torchvision's md5 values: only for data generated on this machine.
+    local_checksums: bool = False
     synthetic: SyntheticSchema = field(default_factory=SyntheticSchema)
 
 
 @dataclass
 class RunSchema:
-    # None: runs/<date>-<method>-<hypergrad>-k<K>
+    # None: runs/<date>-<method>-<hypergrad>-k<K>-seed<s> (numbered when taken).
     dir: str | None = None
     log_every: int = 10
     progress: bool = True
+    # torch's CPU threads; None: the cores left to this process (or OMP_NUM_THREADS).
+    threads: int | None = None
 
 
 @dataclass
@@ -232,8 +244,36 @@ def _check_positive(cfg: DictConfig, *keys: str, allow_zero: bool = False) -> No
             raise ConfigError(f"{key}={value} is invalid; it must be {bound}")
 
 
+def _strings(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _strings(value, f"{prefix}{index}.")
+    elif isinstance(node, str):
+        yield prefix[:-1], node
+
+
+def _check_no_secrets(cfg: DictConfig) -> None:
+    """The config goes into config.yaml, W&B and messages: no secret of the environment may."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
+    found = secrets_in(_strings(resolved))
+    if found:
+        key, name = found[0]
+        raise ConfigError(
+            f"{key} holds the value of the environment variable {name}, a secret: it would be "
+            "written to config.yaml, the W&B files and the console. Leave secrets in the "
+            "environment (W&B reads WANDB_API_KEY from there itself) and give this key a plain value"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
+    _check_no_secrets(cfg)
     if cfg.learners < 1:
         raise ConfigError(
             f"learners={cfg.learners} is invalid; SGL needs K >= 1 (K = 1 is the plain method)"
@@ -267,6 +307,7 @@ def validate(cfg: DictConfig) -> None:
         "search.val_batches",
         "search.weight_lr",
         "run.log_every",
+        "run.threads",
         "hypergrad.darts_alpha",
         "hypergrad.neumann_alpha",
         "hypergrad.cg_iterations",
@@ -305,6 +346,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"search.layers={cfg.search.layers} must be >= 3 (the network has two reduction cells)"
         )
+    check_values(cfg)
 
 
 def batch_per_process(key: str, batch_size: int, world_size: int) -> int:
@@ -341,7 +383,7 @@ def _preset_chain(name: str, recipe: str | None, config_dir: Path) -> list[DictC
         if path in seen:
             raise ConfigError(f"preset {path} extends itself through 'base:'")
         seen.add(path)
-        layer = OmegaConf.load(path)
+        layer = read_yaml_config(path, "preset")
         base = layer.pop("base", None)
         chain.append(layer)
         if base is None:
@@ -371,6 +413,8 @@ def load_config(
         cfg.preset = str(preset)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
+    except yaml.YAMLError as error:  # an override's value, parsed as YAML
+        raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
     validate(cfg)
     return cfg
 
@@ -387,19 +431,37 @@ def config_keys(node: Any = None, prefix: str = "") -> list[str]:
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """The resolved config a run folder was started with, plus overrides (to resume it)."""
+    """The resolved config a run folder was started with, plus the overrides a resumed run
+    accepts (``resume_policy``; any other is refused, naming the key)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (is it a run folder?)")
     overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. device=cpu)")
+    saved = read_yaml_config(path, "run config")
+    reject_interpolations(saved, path)
     try:
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(RunConfig), OmegaConf.load(path), OmegaConf.from_dotlist(overrides)
-        )
+        base = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    except OmegaConfBaseException as error:
+        raise ConfigError(
+            f"{path} does not fit this version's config schema: {_describe(error)}; it was edited "
+            "or written by another version: fix the file, or start a new run"
+        ) from None
+    try:
+        cli = OmegaConf.from_dotlist(overrides)
+        cfg = OmegaConf.merge(base, cli)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
+    check_resume_overrides(base, cfg, cli)
     cfg.run.dir = str(run_dir)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (the value comes from {path} or an override)") from None
     return cfg
 
 
@@ -432,6 +494,7 @@ def sgl_config(cfg: DictConfig, **callables) -> SGLConfig:
         arch_warmup_steps=steps_warmup,
         autocast_dtype=torch.bfloat16 if cfg.search.precision == "bf16" else None,
         channels_last=cfg.search.channels_last,
+        compile=cfg.search.compile,
         **callables,
     )
 

@@ -19,7 +19,6 @@ checkpoint (EvaluationInterrupted, exit 130 in the recipes).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import math
 import sys
@@ -27,7 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
@@ -55,6 +53,7 @@ from sgl_betty.problems import NonFiniteError
 from sgl_betty.runtime import configure_backends
 from sgl_betty.tracking import RunFolder, Tracker, build_tracker
 
+from .checkpoints import read_checkpoint, write_checkpoint
 from .config import ConfigError, batch_per_process, to_yaml
 from .genotype_source import GenotypeChoice, resolve_eval_genotype
 from .interruption import (
@@ -65,7 +64,15 @@ from .interruption import (
     rng_state,
     set_rng_state,
 )
-from .search import machine_description, resolve_device, seed_everything
+from .resources import out_of_memory
+from .run_dirs import claim_for_run, default_eval_dir, discarded_on_failed_start
+from .search import (
+    data_settings,
+    data_settings_checked,
+    machine_description,
+    resolve_device,
+    seed_everything,
+)
 
 EVAL_DATASETS = ("cifar100", "cifar10", "synthetic", "imagenet")
 CIFAR_IMAGE_SIZE = 32
@@ -212,21 +219,15 @@ def build_eval_datasets(cfg: DictConfig, batch_size: int) -> EvalDatasets:
         return EvalDatasets(
             dataset, splits.train, splits.test, splits.num_classes, splits.describe()
         )
-    data = cfg.data
-    synthetic = dict(OmegaConf.to_container(data.synthetic))
-    eval_data = build_eval_data(
-        dataset,
-        root=data.root,
-        download=data.download,
-        batch_size=batch_size,
-        cutout=cfg.eval.cutout,
-        cutout_length=cfg.eval.cutout_length,
-        num_workers=0,
-        seed=cfg.seed,
-        image_size=data.image_size,
-        synthetic=synthetic,
-        limit=data.limit,
-    )
+    with data_settings_checked("evaluation", "eval.batch_size", cfg.eval.batch_size):
+        eval_data = build_eval_data(
+            dataset,
+            batch_size=batch_size,
+            cutout=cfg.eval.cutout,
+            cutout_length=cfg.eval.cutout_length,
+            num_workers=0,
+            **data_settings(cfg),
+        )
     return EvalDatasets(
         dataset,
         eval_data.train.dataset,
@@ -281,11 +282,6 @@ def build_loaders(
     return train, test
 
 
-def default_eval_run_dir(cfg: DictConfig, label: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-eval-{eval_dataset(cfg)}-{label}"
-
-
 def _seed_this_rank(seed: int, rank: int) -> None:
     # Rank 0 keeps the stream of a one-process run; the others draw their own augmentation and
     # drop-path masks, as separate GPUs would.
@@ -293,9 +289,8 @@ def _seed_this_rank(seed: int, rank: int) -> None:
         seed_everything(seeded_generator(seed, rank).initial_seed())
 
 
-RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "model.pt")
+NETWORK_SIZE = "eval.init_channels or eval.layers"
 LINE_FILES = ("metrics.jsonl",)
-CHECKPOINT_KIND = "eval"
 
 
 class EvaluationInterrupted(RunInterrupted):
@@ -349,40 +344,21 @@ def finished_summary(path: Path, kind: str = "eval", what: str = "an evaluation"
     return summary
 
 
-def is_evaluation_run(path: str | Path) -> bool:
-    """Whether ``path`` holds an evaluation run (its checkpoint or its summary say so)."""
-    path = Path(path)
-    checkpoint = path / CHECKPOINT
-    if checkpoint.is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-        except Exception:  # an unreadable checkpoint is for the search's own error to report
-            return False
-        return isinstance(state, dict) and state.get("kind") == CHECKPOINT_KIND
-    summary = path / "summary.json"
-    if summary.is_file():
-        try:
-            return json.loads(summary.read_text()).get("kind") == "eval"
-        except (json.JSONDecodeError, AttributeError):
-            return False
-    return False
-
-
-def read_eval_checkpoint(path: Path, context: DistributedContext) -> dict:
-    """The evaluation checkpoint in ``path``; ConfigError naming the fix when there is none."""
+def read_eval_checkpoint(
+    path: Path, context: DistributedContext, trust: bool = False
+) -> dict | None:
+    """The evaluation checkpoint in ``path``; None when the run stopped before its first (at
+    the end of its first epoch or after checkpoint.every_steps steps): it starts again."""
     file = path / CHECKPOINT
     if not file.is_file():
-        raise ConfigError(
-            f"cannot resume: {file} does not exist (the evaluation stopped before its first "
-            f"checkpoint, at the end of its first epoch or after checkpoint.every_steps steps); "
-            f"start it again without --resume, with run.dir={path}"
-        )
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise ConfigError(
-            f"{file} is the checkpoint of a search, not of an evaluation; resume it with "
-            f"--stage search --resume {path}"
-        )
+        if context.is_main:
+            print(
+                f"note: {path} has no checkpoint yet (the evaluation stopped before its first "
+                "one); it starts again from its first step",
+                file=sys.stderr,
+            )
+        return None
+    state = read_checkpoint(path, "eval", trust=trust, writer=context.is_main)
     if state["world_size"] != context.world_size:
         raise ConfigError(
             f"{file} was written by {state['world_size']} process(es), and this run has "
@@ -394,37 +370,27 @@ def read_eval_checkpoint(path: Path, context: DistributedContext) -> dict:
     return state
 
 
-def _truncate_line_files(folder: RunFolder, sizes: dict[str, int]) -> None:
-    # Their later lines describe epochs that will be run again.
-    if not folder.enabled:
-        return
-    for name, size in sizes.items():
-        file = folder.file(name)
-        if file.exists():
-            with open(file, "r+b") as handle:
-                handle.truncate(size)
-
-
-def _clear_run_files(folder: RunFolder) -> None:
-    """A fresh run into a used folder replaces that folder's run: no stale checkpoint, summary
-    or metrics rows of an earlier run may outlive it (a later --resume would take them)."""
-    if not folder.enabled:
-        return
-    if folder.file(CHECKPOINT).is_file() and not folder.file("summary.json").is_file():
-        print(
-            f"note: {folder.path} held an unfinished evaluation, which this run replaces "
-            f"(to continue it instead: {resume_command(folder.path, 1)})",
-            file=sys.stderr,
+def _already_finished(cfg: DictConfig, summary: dict, path: Path, context) -> dict:
+    if summary.get("epochs") not in (None, cfg.eval.epochs):
+        raise ConfigError(
+            f"the evaluation in {path} finished after {summary['epochs']} epochs and keeps no "
+            f"checkpoint to continue from; for eval.epochs={cfg.eval.epochs} start a new run "
+            "(without --resume)"
         )
-    for name in RUN_FILES:
-        folder.file(name).unlink(missing_ok=True)
+    if context.is_main:
+        print(
+            f"nothing to resume: the evaluation in {path} is finished (test error "
+            f"{summary['test_error']:.2f}%, summary.json)"
+        )
+    return summary
 
 
-def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
+def run_evaluation(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """Train ``cfg.eval``'s network on ``eval.dataset`` and return the summary (summary.json).
 
-    With ``resume``, continue the run in ``cfg.run.dir`` from its checkpoint; a finished run
-    is left as it is (its summary is returned).
+    With ``resume``, continue the run in ``cfg.run.dir`` from its checkpoint (read as plain
+    data; ``trust_checkpoint`` unpickles an earlier version's checkpoint that holds other
+    objects); a finished run is left as it is (its summary is returned).
     """
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
@@ -433,14 +399,15 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
         path = Path(cfg.run.dir)
         summary = finished_summary(path)
         if summary is not None:
-            if context.is_main:
-                print(
-                    f"nothing to resume: the evaluation in {path} is finished (test error "
-                    f"{summary['test_error']:.2f}%, summary.json)"
-                )
-            return summary
-        saved = read_eval_checkpoint(path, context)
+            return _already_finished(cfg, summary, path, context)
+        saved = read_eval_checkpoint(path, context, trust_checkpoint)
+    if saved is not None:
         choice = _choice_from_state(saved["genotype"])
+        if saved["position"]["epoch"] > cfg.eval.epochs:
+            raise ConfigError(
+                f"eval.epochs={cfg.eval.epochs}, but the run in {cfg.run.dir} has trained "
+                f"{saved['position']['epoch']} epochs already; eval.epochs can only grow on a resume"
+            )
     else:
         choice = resolve_eval_genotype(cfg.eval.genotype)
     device = context.device
@@ -456,7 +423,8 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
         )
     # Every rank builds the same initial weights from the seed (DDP broadcasts rank 0's anyway).
     try:
-        network = spec.build()
+        with out_of_memory("building the evaluation network", NETWORK_SIZE):
+            network = spec.build()
     except ValueError as error:
         raise ConfigError(
             f"no evaluation network can be built from genotype {choice.source}: {error}"
@@ -467,17 +435,19 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
     settings = training_settings(cfg)
     trainer = EvalTrainer(network, settings, context)
 
-    folder = RunFolder(
-        cfg.run.dir or default_eval_run_dir(cfg, choice.label), enabled=context.is_main
-    )
-    cfg.run.dir = str(folder.path)
+    if resume:
+        folder = RunFolder(cfg.run.dir, enabled=context.is_main)
+        folder.remove_stale_temporaries()
+    else:
+        folder = claim_for_run(cfg, "eval", context, default_eval_dir(cfg, choice.label))
+    # On a resume: with the overrides that apply (logging, checkpoints, device, epochs).
+    folder.write_text("config.yaml", to_yaml(cfg))
     progress = _Progress()
     resume_at = None  # the checkpoint's position inside an epoch
     if saved is None:
-        _clear_run_files(folder)
-        folder.write_text("config.yaml", to_yaml(cfg))
+        folder.truncate_line_files(dict.fromkeys(LINE_FILES, 0))
     else:
-        _truncate_line_files(folder, saved["line_files"])
+        folder.truncate_line_files(saved["line_files"])
         trainer.load_state_dict(saved["trainer"])
         position = saved["position"]
         progress.epoch = position["epoch"]
@@ -502,7 +472,6 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
     total_steps = settings.epochs * steps_per_epoch
     every = cfg.checkpoint.every_steps
     checkpoint_state = {
-        "kind": CHECKPOINT_KIND,
         "genotype": _choice_state(choice),
         "network": dataclasses.asdict(spec),
     }
@@ -527,7 +496,8 @@ def run_evaluation(cfg: DictConfig, resume: bool = False) -> dict:
         initial=progress.epoch,
         total=settings.epochs,
     )
-    with StopRequests() as stop:
+    training = out_of_memory("training the evaluation network", f"eval.batch_size, {NETWORK_SIZE}")
+    with discarded_on_failed_start(folder, claimed=not resume), StopRequests() as stop, training:
         wants_stop = StopVote(context, stop)
         if saved is not None and resume_at is None:
             # At the start of an epoch: the RNGs continue from the checkpoint (inside an epoch,
@@ -667,14 +637,11 @@ def _save_eval_checkpoint(
             "train": dataclasses.asdict(progress.train_result),
             "test": dataclasses.asdict(progress.test_result),
         }
-    line_files = {}
-    for name in LINE_FILES:
-        path = folder.file(name)
-        line_files[name] = path.stat().st_size if path.exists() else 0
     if not folder.enabled:
         return
-    folder.save_torch(
-        CHECKPOINT,
+    write_checkpoint(
+        folder,
+        "eval",
         {
             **fixed,
             "world_size": context.world_size,
@@ -682,7 +649,7 @@ def _save_eval_checkpoint(
             "position": position,
             "rng": rng,
             "results": results,
-            "line_files": line_files,
+            "line_files": folder.line_file_sizes(LINE_FILES),
             "elapsed_seconds": elapsed,
         },
     )

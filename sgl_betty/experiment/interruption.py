@@ -8,6 +8,7 @@ the same random numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -42,6 +43,14 @@ class StopRequests:
         if self.received is not None:  # a second Ctrl-C: stop now, the last checkpoint stands
             raise KeyboardInterrupt
         self.received = signum
+        # At once, not when the step ends (a step can take many seconds). os.write: the main
+        # thread may be inside a buffered write to stderr (the progress bar) right now.
+        name = signal.Signals(signum).name
+        os.write(
+            2,
+            f"\n{name} received: the run stops after the current step, with a checkpoint "
+            "(Ctrl-C again stops at once, from the last checkpoint)\n".encode(),
+        )
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -69,19 +78,62 @@ class StopVote:
 
 
 def rng_state() -> dict:
+    """This process's RNG states as plain data and tensors (a checkpoint loads them without
+    unpickling objects). CUDA: the current device's generator only, the one this process
+    draws from, so that a run can resume on a machine with fewer GPUs."""
+    numpy_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            **numpy_state,
+            "state": {
+                "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                "pos": int(numpy_state["state"]["pos"]),
+            },
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    key = numpy_state["state"]["key"]
+    np.random.set_state(
+        {
+            **numpy_state,
+            "state": {**numpy_state["state"], "key": np.asarray(key, dtype=np.uint32)},
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def upgrade_rng_state(state: dict) -> dict:
+    """An RNG state of an earlier checkpoint format in today's: numpy's legacy tuple (with a
+    numpy array) as a dict of plain values, and of the CUDA states of every device the one of
+    the current device (``rng_state`` keeps only that one)."""
+    state = dict(state)
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, tuple):
+        name, keys, pos, has_gauss, gauss = numpy_state
+        state["numpy"] = {
+            "bit_generator": str(name),
+            "state": {"key": torch.as_tensor(np.asarray(keys, dtype=np.int64)), "pos": int(pos)},
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        }
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        if cuda and torch.cuda.is_available() and torch.cuda.current_device() < len(cuda):
+            state["cuda"] = cuda[torch.cuda.current_device()]
+        elif cuda:
+            state["cuda"] = cuda[0]
+        else:
+            state.pop("cuda")
+    return state

@@ -26,25 +26,29 @@ from sgl_betty.tracking import RunFolder
 
 from .config import ConfigError, to_yaml
 from .evaluate import (
-    CHECKPOINT,
     EvaluationInterrupted,
     check_eval_config,
     cost_key,
-    default_eval_run_dir,
     finished_summary,
     run_evaluation,
 )
 from .genotype_source import best_learner, resolve_eval_genotype
-from .search import default_run_dir, resolve_device
+from .run_dirs import (
+    claim_for_run,
+    default_eval_dir,
+    default_search_dir,
+    discarded_on_failed_start,
+)
+from .search import resolve_device
 
 
-def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
+def evaluate_stage(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """``--stage eval``: one evaluation, or one per seed and their aggregate; with ``resume``,
     continue the run (or the seeds' runs) in ``cfg.run.dir``."""
     context = init_distributed(resolve_device(cfg.device))
     check_eval_config(cfg, context.world_size)
     if not cfg.seeds:
-        return run_evaluation(cfg, resume=resume)
+        return run_evaluation(cfg, resume=resume, trust_checkpoint=trust_checkpoint)
     if resume:
         root = Path(cfg.run.dir)
         finished = finished_summary(root, "seeds", "an evaluation over seeds")
@@ -58,26 +62,27 @@ def evaluate_stage(cfg: DictConfig, resume: bool = False) -> dict:
     else:
         # Resolved once, before the first seed, so that a bad genotype costs no training.
         choice = resolve_eval_genotype(cfg.eval.genotype)
-        root = Path(cfg.run.dir or default_eval_run_dir(cfg, choice.label))
+        top = claim_for_run(cfg, "seeds", context, default_eval_dir(cfg, choice.label))
+        root = top.path
         genotype_source = choice.source
         # Written first, so that the whole set of seeds can be resumed from this folder.
-        RunFolder(root, enabled=context.is_main).write_text("config.yaml", to_yaml(cfg))
+        top.write_text("config.yaml", to_yaml(cfg))
 
     def run_one(seed_cfg: DictConfig) -> dict:
         folder = Path(seed_cfg.run.dir)
-        # A seed that never reached its first checkpoint starts again from scratch.
-        resumable = resume and (
-            (folder / CHECKPOINT).is_file() or (folder / "summary.json").is_file()
-        )
+        # A seed folder is this run's own: resumed (from its checkpoint, or from its start if
+        # it stopped before the first); the seeds not started yet get their folders.
+        resumable = resume and folder.is_dir()
         try:
-            return run_evaluation(seed_cfg, resume=resumable)
+            return run_evaluation(seed_cfg, resume=resumable, trust_checkpoint=trust_checkpoint)
         except EvaluationInterrupted as error:
             # Resuming the top folder continues this seed and then the others.
             raise EvaluationInterrupted(
                 f"{error.what} in {folder}", root, context.world_size
             ) from None
 
-    runs = [_seed_row(seed, summary) for seed, summary in _per_seed(cfg, root, run_one)]
+    with discarded_on_failed_start(RunFolder(root, enabled=context.is_main), claimed=not resume):
+        runs = [_seed_row(seed, summary) for seed, summary in _per_seed(cfg, root, run_one)]
     if genotype_source is None:
         genotype_source = runs[0]["genotype_source"]
     return _write_aggregate(cfg, root, runs, context.is_main, genotype_source=genotype_source)
@@ -93,9 +98,14 @@ def search_and_evaluate_stage(cfg: DictConfig) -> dict:
     check_eval_config(cfg)
     if not cfg.seeds:
         return search_then_evaluate(cfg)
-    root = Path(cfg.run.dir or default_run_dir(cfg))
+    context = init_distributed(resolve_device(cfg.device))
+    top = claim_for_run(cfg, "seeds", context, default_search_dir(cfg))
+    top.write_text("config.yaml", to_yaml(cfg))
+    root = top.path
+    with discarded_on_failed_start(top, claimed=True):
+        results = list(_per_seed(cfg, root, search_then_evaluate))
     runs = []
-    for seed, result in _per_seed(cfg, root, search_then_evaluate):
+    for seed, result in results:
         selected = result["evaluations"][result["selected_learner"]]
         row = _seed_row(seed, selected)
         row["learner"] = result["selected_learner"]
@@ -115,8 +125,7 @@ def search_then_evaluate(cfg: DictConfig) -> dict:
     """
     from .search import run_search
 
-    cfg.run.dir = str(cfg.run.dir or default_run_dir(cfg))
-    search_summary = run_search(cfg)
+    search_summary = run_search(cfg)  # sets run.dir to the search's folder
     folder = Path(cfg.run.dir)
     selected = best_learner(search_summary)
     if cfg.eval.learners == "best":

@@ -7,11 +7,13 @@ runs in stages with fresh learners each (P-DARTS's progressive stages; one for o
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 import platform
 import random
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,13 @@ from tqdm.auto import tqdm
 from sgl_betty.data import build_search_data
 from sgl_betty.engine import build_sgl_engine
 from sgl_betty.engine.precision import describe_policy
+from sgl_betty.errors import RunFolderError
 from sgl_betty.evaluation.distributed import DistributedContext, init_distributed, weights_checksum
 from sgl_betty.genotypes import genotype_to_dict
 from sgl_betty.runtime import configure_backends
 from sgl_betty.tracking import RunFolder, build_tracker
 
+from .checkpoints import read_checkpoint, write_checkpoint
 from .config import ConfigError, batch_per_process, sgl_config, to_yaml
 from .interruption import (
     CHECKPOINT,
@@ -40,6 +44,8 @@ from .interruption import (
     set_rng_state,
 )
 from .methods import SearchMethod, SearchStage, search_method, search_stages, stage_learners
+from .resources import out_of_memory
+from .run_dirs import claim_for_run, default_search_dir, discarded_on_failed_start
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,32 +62,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_run_dir(cfg: DictConfig) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{cfg.search.method}-{cfg.hypergrad.type}-k{cfg.learners}"
+def data_settings(cfg: DictConfig) -> dict:
+    """The data builders' arguments that search and evaluation share."""
+    data = cfg.data
+    return {
+        "root": data.root,
+        "download": data.download,
+        "seed": cfg.seed,
+        "image_size": data.image_size,
+        "synthetic": dict(OmegaConf.to_container(data.synthetic)),
+        "limit": data.limit,
+        "local_checksums": data.local_checksums,
+    }
+
+
+@contextmanager
+def data_settings_checked(what: str, batch_key: str, batch_size: int) -> Iterator[None]:
+    """The data builders' ValueErrors (sizes, names, options) as ConfigErrors naming the batch."""
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(
+            f"the {what} data cannot be built from these settings: {error} "
+            f"({batch_key}={batch_size}, data.*)"
+        ) from None
 
 
 def build_data(cfg: DictConfig, batch_size: int, device: torch.device):
     """The search loaders with ``batch_size`` images per batch (one process's share), pinned
     for a CUDA run so that the engine's non-blocking copies to the GPU are asynchronous."""
-    data = cfg.data
-    synthetic = dict(OmegaConf.to_container(data.synthetic))
-    if data.image_size is not None:
-        synthetic["image_size"] = data.image_size
-    return build_search_data(
-        data.dataset,
-        data.unlabeled,
-        root=data.root,
-        download=data.download,
-        batch_size=batch_size,
-        train_portion=data.train_portion,
-        num_workers=data.num_workers,
-        seed=cfg.seed,
-        image_size=data.image_size,
-        synthetic=synthetic,
-        limit=data.limit,
-        pin_memory=device.type == "cuda",
-    )
+    settings = data_settings(cfg)
+    if cfg.data.image_size is not None:
+        settings["synthetic"]["image_size"] = cfg.data.image_size
+    with data_settings_checked("search", "search.batch_size", cfg.search.batch_size):
+        return build_search_data(
+            cfg.data.dataset,
+            cfg.data.unlabeled,
+            batch_size=batch_size,
+            train_portion=cfg.data.train_portion,
+            num_workers=cfg.data.num_workers,
+            pin_memory=device.type == "cuda",
+            **settings,
+        )
 
 
 @torch.no_grad()
@@ -117,11 +139,6 @@ def softmaxed_weights(arch: torch.nn.Module) -> dict[str, list]:
     }
 
 
-def precision_policy(cfg: DictConfig) -> dict:
-    """The precisions the search runs its descent steps and its hypergradients in."""
-    return describe_policy(sgl_config(cfg).autocast_dtype, cfg.hypergrad.type != "first_order")
-
-
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -129,10 +146,16 @@ def machine_description(device: torch.device) -> str:
 
 
 LINE_FILES = ("metrics.jsonl", "genotypes.jsonl")
+NETWORK_SIZE = "search.init_channels, search.layers or learners"
 
 
 class SearchInterrupted(RunInterrupted):
     """SIGINT/SIGTERM stopped the search after a checkpoint; the message says how to resume."""
+
+
+def precision_policy(cfg: DictConfig) -> dict:
+    """The precisions the search runs its descent steps and its hypergradients in."""
+    return describe_policy(sgl_config(cfg).autocast_dtype, cfg.hypergrad.type != "first_order")
 
 
 def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> DataLoader:
@@ -153,13 +176,15 @@ def shard_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> D
     )
 
 
-def run_search(cfg: DictConfig, resume: bool = False) -> dict:
+def run_search(cfg: DictConfig, resume: bool = False, trust_checkpoint: bool = False) -> dict:
     """Run the search described by ``cfg`` and return its summary (also in summary.json).
 
     The search runs in stages, each with fresh learners and its own engine: one stage for most
     methods, P-DARTS's stages of growing depth and shrinking op subsets for p_darts.
-    With ``resume``, continue the run in ``cfg.run.dir`` from its last checkpoint. Under
-    torchrun every process runs the search on its shard of the data; rank 0 writes the folder.
+    With ``resume``, continue the run in ``cfg.run.dir`` from its last checkpoint (read as
+    plain data; ``trust_checkpoint`` unpickles an earlier version's checkpoint that holds other
+    objects). Under torchrun every process runs the search on its shard of the data; rank 0
+    writes the folder.
     """
     device = resolve_device(cfg.device)
     context = init_distributed(device)
@@ -180,72 +205,100 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
     stages = search_stages(cfg)
     total_steps = sum(stage.epochs for stage in stages) * steps_per_epoch
 
-    if cfg.run.dir is None:
-        cfg.run.dir = str(default_run_dir(cfg))
-    folder = RunFolder(cfg.run.dir, enabled=context.is_main)
-    position = SearchPosition(op_subsets=[None] * cfg.learners)
     saved = None
     if resume:
-        saved = read_checkpoint(folder, context)
-        position = SearchPosition(**saved.get("position", {"op_subsets": [None] * cfg.learners}))
+        folder = RunFolder(cfg.run.dir, enabled=context.is_main)
+        folder.remove_stale_temporaries()
+        saved = read_search_checkpoint(folder, context, trust_checkpoint)
     else:
-        folder.write_text("config.yaml", to_yaml(cfg))
-    tracker = build_tracker(cfg, folder)
-    policy = precision_policy(cfg)
-    tracker.start(
-        {**OmegaConf.to_container(cfg, resolve=True), "precision_policy": policy}, kind="search"
-    )
-    quiet = not cfg.run.progress or not context.is_main
-    if not quiet:
-        shared = (
-            f"\n  {context.world_size} processes: global batch {cfg.search.batch_size}, "
-            f"{batch_size} images per process"
-            if context.enabled
-            else ""
+        folder = claim_for_run(cfg, "search", context, default_search_dir(cfg))
+    # On a resume: with the overrides that apply (logging, checkpoints, device, ...).
+    folder.write_text("config.yaml", to_yaml(cfg))
+    if saved is None:
+        position = SearchPosition(op_subsets=[None] * cfg.learners)
+    else:
+        position = SearchPosition(**saved["position"])
+    with discarded_on_failed_start(folder, claimed=not resume):
+        tracker = build_tracker(cfg, folder)
+        tracker.start(
+            {
+                **OmegaConf.to_container(cfg, resolve=True),
+                "precision_policy": precision_policy(cfg),
+            },
+            kind="search",
         )
-        tqdm.write(f"run folder: {folder.path}\n" + data.describe() + shared)
+        quiet = not cfg.run.progress or not context.is_main
+        if not quiet:
+            shared = (
+                f"\n  {context.world_size} processes: global batch {cfg.search.batch_size}, "
+                f"{batch_size} images per process"
+                if context.enabled
+                else ""
+            )
+            tqdm.write(f"run folder: {folder.path}\n" + data.describe() + shared)
+        run = SearchRun(
+            cfg=cfg,
+            method=search_method(cfg.search.method),
+            context=context,
+            folder=folder,
+            tracker=tracker,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            started=time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0),
+            position=position,
+            # Started at the checkpoint's step: its rate and ETA count this session's steps only.
+            progress=tqdm(
+                total=total_steps,
+                initial=stages[position.stage].first_epoch * steps_per_epoch
+                + (saved["engine"]["global_step"] if saved else 0),
+                desc="search",
+                disable=quiet,
+            ),
+        )
+        learners, val_acc = run_stages(run, stages, data, (train, val, unlabeled), saved)
+    summary = search_summary(run, learners, val_acc, run.elapsed())
+    folder.write_json("summary.json", summary)
+    tracker.finish(summary)
+    if not quiet:
+        print_summary(summary, folder.path)
+    return summary
 
-    run = SearchRun(
-        cfg=cfg,
-        method=search_method(cfg.search.method),
-        context=context,
-        folder=folder,
-        tracker=tracker,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        started=time.perf_counter() - (saved["elapsed_seconds"] if saved else 0.0),
-        position=position,
-        progress=tqdm(
-            total=total_steps,
-            initial=stages[position.stage].first_epoch * steps_per_epoch,
-            desc="search",
-            disable=quiet,
-        ),
-    )
+
+def run_stages(run: SearchRun, stages, data, loaders, saved: dict | None):
+    """Every stage from the run's position on; the last stage's learners and their search
+    validation accuracy. ``saved``: the checkpoint of the first of them, to continue from."""
+    cfg, context, device = run.cfg, run.context, run.context.device
+    train, val, unlabeled = loaders
     with StopRequests() as stop:
-        for stage in stages[position.stage :]:
-            stage_steps = stage.epochs * steps_per_epoch
-            learners = stage_learners(
-                cfg, data.num_classes, stage, stage_steps, position.op_subsets
-            )
-            # Same initial weights everywhere (broadcast anyway), each process its own augmentations.
-            if context.enabled:
-                seed_everything(cfg.seed + 1000 * context.rank + stage.index)
-            sgl = sgl_config(cfg)
-            sgl.arch_warmup_steps = stage.arch_warmup_epochs * steps_per_epoch
-            engine = build_sgl_engine(
-                learners, train, val, unlabeled, sgl, train_iters=stage_steps, device=device
-            )
+        for stage in stages[run.position.stage :]:
+            stage_steps = stage.epochs * run.steps_per_epoch
+            with out_of_memory("building the search networks", NETWORK_SIZE):
+                learners = stage_learners(
+                    cfg, data.num_classes, stage, stage_steps, run.position.op_subsets
+                )
+                # Same initial weights everywhere (broadcast anyway), each process its own
+                # augmentations.
+                if context.enabled:
+                    seed_everything(cfg.seed + 1000 * context.rank + stage.index)
+                sgl = sgl_config(cfg)
+                sgl.arch_warmup_steps = stage.arch_warmup_epochs * run.steps_per_epoch
+                engine = build_sgl_engine(
+                    learners, train, val, unlabeled, sgl, train_iters=stage_steps, device=device
+                )
             if saved is not None:  # the stage the checkpoint was taken in
                 restore_engine(engine, context, saved)
-                run.progress.update(engine.global_step)
                 saved = None
-            train_stage(run, stage, learners, engine, stop)
-            val_acc = finish_stage(run, stage, learners, val, device)
+            with out_of_memory("training the search", f"search.batch_size, {NETWORK_SIZE}"):
+                train_stage(run, stage, learners, engine, stop)
+                val_acc = finish_stage(run, stage, learners, val, device)
     run.progress.close()
-    wall_seconds = run.elapsed()
+    return learners, val_acc
 
-    folder.save_torch(
+
+def search_summary(run: SearchRun, learners, val_acc: list[float], wall_seconds: float) -> dict:
+    """What summary.json holds; architecture.pt is written on the way."""
+    cfg, context, device = run.cfg, run.context, run.context.device
+    run.folder.save_torch(
         "architecture.pt", {k: learner.arch.state_dict() for k, learner in enumerate(learners)}
     )
     checksums = context.gather([weights_checksum(learner.arch) for learner in learners])
@@ -258,26 +311,24 @@ def run_search(cfg: DictConfig, resume: bool = False) -> dict:
         "dataset": cfg.data.dataset,
         "genotypes": [genotype_to_dict(learner.arch.genotype()) for learner in learners],
         "val_acc": val_acc,
-        "steps": total_steps,
+        "steps": run.total_steps,
         "wall_seconds": wall_seconds,
-        "seconds_per_step": wall_seconds / max(total_steps, 1),
+        "seconds_per_step": wall_seconds / max(run.total_steps, 1),
         "device": str(device),
         "machine": machine_description(device),
-        "precision_policy": policy,
+        "precision_policy": precision_policy(cfg),
         "processes": context.world_size,
         "global_batch_size": cfg.search.batch_size,
-        "per_rank_batch_size": batch_size,
+        "per_rank_batch_size": batch_per_process(
+            "search.batch_size", cfg.search.batch_size, context.world_size
+        ),
         "arch_checksums": checksums,
         "gpu_hours" if device.type == "cuda" else "cpu_hours": wall_seconds
         * context.world_size
         / 3600,
     }
-    if position.stages:
-        summary["stages"] = position.stages
-    folder.write_json("summary.json", summary)
-    tracker.finish(summary)
-    if not quiet:
-        print_summary(summary, folder.path)
+    if run.position.stages:
+        summary["stages"] = run.position.stages
     return summary
 
 
@@ -313,7 +364,12 @@ class SearchRun:
 
 def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: StopRequests) -> None:
     """Step ``engine`` to the end of ``stage``: log the metrics, record the architectures after
-    every epoch, checkpoint, and stop cleanly (SearchInterrupted) when a signal asks to."""
+    every epoch, checkpoint, and stop cleanly (SearchInterrupted) when a signal asks to.
+
+    The steps themselves never read a value back (engine/sgl_engine.py); NaN and infinite values
+    are looked for on logging steps, before the architectures are recorded and before every
+    checkpoint, so no record and no checkpoint is written from a non-finite state, and the
+    NonFiniteError names the step the first such value came from."""
     cfg, folder, steps_per_epoch = run.cfg, run.folder, run.steps_per_epoch
     stage_steps = stage.epochs * steps_per_epoch
     first_step = stage.first_epoch * steps_per_epoch  # steps of the stages before this one
@@ -322,6 +378,7 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
     wants_stop = StopVote(run.context, stop)
 
     def checkpoint() -> None:
+        engine.check_finite()  # a checkpoint never holds a non-finite state
         save_checkpoint(folder, engine, run.context, run.elapsed(), run.position)
 
     while engine.global_step < stage_steps:
@@ -335,11 +392,16 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
         run.progress.update(1)
         step = first_step + engine.global_step  # steps since the search started
         if step % cfg.run.log_every == 0 or engine.global_step == stage_steps:
+            # The steps never wait for the device; these reads do, so they count in the window.
+            tick = time.perf_counter()
+            engine.check_finite()
+            metrics = engine.metrics()
+            window_seconds += time.perf_counter() - tick
             row = {"step": step, "epoch": epoch}
             if staged:
                 row["stage"] = stage.index
             row["seconds_per_step"] = window_seconds / window_steps
-            row.update(engine.metrics())
+            row.update(metrics)
             folder.append_jsonl("metrics.jsonl", row)
             run.tracker.log_metrics(row, step)
             window_seconds, window_steps = 0.0, 0
@@ -347,6 +409,7 @@ def train_stage(run: SearchRun, stage: SearchStage, learners, engine, stop: Stop
                 epoch=epoch, loss=f"{row.get('learner0/w_train_loss', math.nan):.3f}"
             )
         if step % steps_per_epoch == 0:
+            engine.check_finite()
             record_architectures(
                 folder, run.tracker, learners, epoch, step, stage.index if staged else None
             )
@@ -445,44 +508,50 @@ def save_checkpoint(
 ) -> None:
     """Atomically replace the checkpoint (rank 0 writes; every rank's RNG state is in it)."""
     rng = context.gather(rng_state())
-    line_files = {}
-    for name in LINE_FILES:
-        path = folder.file(name)
-        line_files[name] = path.stat().st_size if path.exists() else 0
-    folder.save_torch(
-        CHECKPOINT,
+    write_checkpoint(
+        folder,
+        "search",
         {
             "engine": engine.state_dict(),
             "position": dataclasses.asdict(position),
             "rng": rng,
-            "line_files": line_files,
+            "line_files": folder.line_file_sizes(LINE_FILES),
             "elapsed_seconds": elapsed,
         },
     )
 
 
-def read_checkpoint(folder: RunFolder, context) -> dict:
+def read_search_checkpoint(folder: RunFolder, context, trust: bool = False) -> dict | None:
     """The last checkpoint; the line files are cut back to it (their later lines describe steps
-    that will be run again)."""
+    that will be run again). None when the run stopped before its first checkpoint: it starts
+    again from its first step, in its folder."""
     path = folder.file(CHECKPOINT)
     if not path.is_file():
-        raise ConfigError(
-            f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
-            "start it again without --resume"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if context.is_main:
-        for name, size in state["line_files"].items():
-            file = folder.file(name)
-            if file.exists():
-                with open(file, "r+b") as handle:
-                    handle.truncate(size)
+        if context.is_main:
+            print(
+                f"note: {folder.path} has no checkpoint yet (the search stopped before its first "
+                "one); it starts again from its first step",
+                file=sys.stderr,
+            )
+        folder.truncate_line_files(dict.fromkeys(LINE_FILES, 0))
+        return None
+    state = read_checkpoint(folder.path, "search", trust=trust, writer=context.is_main)
+    folder.truncate_line_files(state["line_files"])
     return state
 
 
 def restore_engine(engine, context, state: dict) -> None:
     """Put ``engine`` (built for the checkpoint's stage) and the RNGs back where ``state`` was."""
-    engine.load_state_dict(state["engine"])
+    try:
+        engine.load_state_dict(state["engine"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        # A checkpoint that does not fit the networks its run's config.yaml describes.
+        reason = str(error).splitlines()[0]
+        raise RunFolderError(
+            f"the checkpoint does not fit the search that config.yaml describes ({reason}): "
+            "config.yaml or checkpoint.pt was changed or replaced after the run wrote them; "
+            "put back the run's own files, or start a new run without --resume"
+        ) from None
     # After the data position was replayed: replaying it draws augmentations from the RNG.
     set_rng_state(state["rng"][context.rank])
 

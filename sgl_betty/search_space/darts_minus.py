@@ -22,6 +22,7 @@ from torch import nn
 from sgl_betty.genotypes import PRIMITIVES
 from sgl_betty.search_space.darts import Cell, MixedOp, SearchNetwork
 from sgl_betty.search_space.ops import FactorizedReduce
+from sgl_betty.search_space.scheduled import register_scalar, set_scalars
 
 AUXILIARY_SKIP_DECAYS: tuple[str, ...] = ("linear", "cosine")
 
@@ -51,10 +52,25 @@ class AuxiliarySkipMixedOp(MixedOp):
             self.auxiliary_skip: nn.Module = nn.Identity()
         else:
             self.auxiliary_skip = FactorizedReduce(channels, channels, affine=False)
-        self.auxiliary_skip_weight = 1.0
+        # Beta changes every step: a buffer, so that a compiled network reads it as an input.
+        register_scalar(self, "beta", 1.0)
+        self._beta = 1.0
+
+    @property
+    def auxiliary_skip_weight(self) -> float:
+        return self._beta
+
+    @auxiliary_skip_weight.setter
+    def auxiliary_skip_weight(self, beta: float) -> None:
+        set_scalars([self.beta], beta)
+        self.note_beta(beta)
+
+    def note_beta(self, beta: float) -> None:
+        """Record a beta written into the buffer by someone else (``set_scalars`` over many)."""
+        self._beta = float(beta)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return super().forward(x, weights) + self.auxiliary_skip_weight * self.auxiliary_skip(x)
+        return super().forward(x, weights) + self.beta * self.auxiliary_skip(x)
 
 
 class DartsMinusCell(Cell):
@@ -80,8 +96,11 @@ class DartsMinusSearchNetwork(SearchNetwork):
         return self.auxiliary_ops()[0].auxiliary_skip_weight
 
     def set_auxiliary_skip_weight(self, beta: float) -> None:
-        for op in self.auxiliary_ops():
-            op.auxiliary_skip_weight = float(beta)
+        """Beta on every edge (a buffer each, set on the device in one kernel)."""
+        ops = self.auxiliary_ops()
+        set_scalars([op.beta for op in ops], beta)
+        for op in ops:
+            op.note_beta(beta)
 
     def set_search_progress(self, progress: float) -> None:
         self.set_auxiliary_skip_weight(auxiliary_skip_weight(progress, self.auxiliary_skip_decay))

@@ -35,6 +35,7 @@ from sgl_betty.search_space.darts import (
     split_arch_weights,
 )
 from sgl_betty.search_space.ops import OPS
+from sgl_betty.search_space.scheduled import ScheduledDropout, set_scalars
 
 PerEdgePrimitives = tuple[tuple[str, ...], ...]
 
@@ -75,7 +76,7 @@ class SkipDropoutMixedOp(MixedOp):
     def build_op(self, name: str, channels: int, stride: int) -> nn.Module:
         op = super().build_op(name, channels, stride)
         if name == "skip_connect" and stride == 1:
-            op = nn.Sequential(op, nn.Dropout(0.0))
+            op = nn.Sequential(op, ScheduledDropout(0.0))
         return op
 
 
@@ -203,8 +204,8 @@ class PDartsSearchNetwork(SearchNetwork):
                 )
         return F.softmax(alpha_normal, dim=-1), F.softmax(alpha_reduce, dim=-1)
 
-    def skip_dropouts(self) -> list[nn.Dropout]:
-        return [module for module in self.modules() if isinstance(module, nn.Dropout)]
+    def skip_dropouts(self) -> list[ScheduledDropout]:
+        return [module for module in self.modules() if isinstance(module, ScheduledDropout)]
 
     @property
     def skip_dropout(self) -> float:
@@ -212,10 +213,11 @@ class PDartsSearchNetwork(SearchNetwork):
         return dropouts[0].p if dropouts else 0.0
 
     def set_skip_dropout(self, rate: float) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1], got {rate}")
-        for dropout in self.skip_dropouts():
-            dropout.p = float(rate)
+        """Every skip dropout's rate (a buffer each, set on the device: nothing recompiles)."""
+        dropouts = self.skip_dropouts()
+        for dropout in dropouts:
+            dropout.note_rate(rate)
+        set_scalars([dropout.rate for dropout in dropouts], rate)
 
     def set_search_progress(self, progress: float) -> None:
         """Sets the skip dropout for ``progress`` through the current stage (the step hook)."""

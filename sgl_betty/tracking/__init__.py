@@ -8,8 +8,10 @@ from .compare import (
     markdown_report,
     plot_comparison,
 )
+from .durable import atomic_write_bytes, durable_write
 from .figures import draw_cell, draw_run_figures, draw_training_curves, draw_weight_heatmaps
-from .run_folder import RunFolder, atomic_torch_save, atomic_write_bytes, read_jsonl
+from .run_folder import RunFolder, claim_run_folder, read_jsonl, read_run_kind
+from .torch_files import TRUST_FLAG, UnsafeFileError, load_torch_file, save_torch_file
 from .tracker import FigureTracker, Tracker, build_tracker
 from .wandb_tracker import WandbTracker
 
@@ -21,8 +23,14 @@ __all__ = [
     "SettingGroup",
     "Tracker",
     "WandbTracker",
-    "atomic_torch_save",
+    "TRUST_FLAG",
+    "UnsafeFileError",
     "atomic_write_bytes",
+    "claim_run_folder",
+    "durable_write",
+    "load_torch_file",
+    "read_run_kind",
+    "save_torch_file",
     "build_tracker",
     "compare_runs",
     "draw_cell",

@@ -30,6 +30,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from sgl_betty.errors import ConfigError
+from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations
+
 from .figures import save_png
 from .tracker import run_name
 
@@ -73,8 +76,8 @@ class RunRecord:
     seconds_per_step: float | None = None
     search_hours: float | None = None
     cost_unit: str = "cpu"
-    # learner -> the evaluation run of that learner's genotype
-    evaluations: dict[int, RunRecord] = field(default_factory=dict)
+    # learner -> the evaluation runs of that learner's genotype (one per evaluation seed)
+    evaluations: dict[int, list[RunRecord]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -92,21 +95,34 @@ class RunRecord:
                 return best
         return min(self.evaluations)
 
-    def _evaluation(self) -> dict | None:
+    def _evaluations(self) -> list[dict]:
         if self.kind == "eval":
-            return self.summary
+            return [self.summary]
         learner = self.evaluated_learner
-        return None if learner is None else self.evaluations[learner].summary
+        return [] if learner is None else [run.summary for run in self.evaluations[learner]]
+
+    def test_errors(self) -> dict[Any, float]:
+        """The reported learner's test error per evaluation seed (a seed evaluated twice: the
+        mean of its runs)."""
+        by_seed: dict[Any, list[float]] = {}
+        for index, evaluation in enumerate(self._evaluations()):
+            error = _number(evaluation.get("test_error"))
+            if error is not None:
+                seed = evaluation.get("seed")
+                by_seed.setdefault(index if seed is None else seed, []).append(error)
+        return {seed: statistics.fmean(errors) for seed, errors in by_seed.items()}
 
     @property
     def test_error(self) -> float | None:
-        evaluation = self._evaluation()
-        return None if evaluation is None else _number(evaluation.get("test_error"))
+        """The mean test error over the reported learner's evaluation seeds."""
+        errors = list(self.test_errors().values())
+        return statistics.fmean(errors) if errors else None
 
     @property
     def params_m(self) -> float | None:
-        evaluation = self._evaluation()
-        return None if evaluation is None else _number(evaluation.get("params_m"))
+        sizes = [_number(evaluation.get("params_m")) for evaluation in self._evaluations()]
+        sizes = [size for size in sizes if size is not None]
+        return statistics.fmean(sizes) if sizes else None
 
     def setting(self) -> dict[str, Any]:
         """The flattened config that defines this run's setting (everything but the seed)."""
@@ -121,7 +137,11 @@ class RunRecord:
 
 @dataclass
 class SettingGroup:
-    """The runs of one setting (they differ only in the seed) and their statistics."""
+    """The runs of one setting (they differ only in the seed) and their statistics.
+
+    Statistics count seeds, not runs: runs of the same seed (a rerun, a copied folder) give
+    one value, their mean. A test error counts every evaluation seed of every search seed.
+    """
 
     setting: dict[str, Any]
     runs: list[RunRecord]
@@ -132,13 +152,30 @@ class SettingGroup:
 
     @property
     def seeds(self) -> list[int | None]:
-        return [run.seed for run in self.runs]
+        """The distinct seeds, in run order."""
+        return list(dict.fromkeys(run.seed for run in self.runs))
+
+    def repeated_seeds(self) -> dict[Any, list[RunRecord]]:
+        by_seed: dict[Any, list[RunRecord]] = {}
+        for run in self.runs:
+            by_seed.setdefault(run.seed, []).append(run)
+        return {seed: runs for seed, runs in by_seed.items() if len(runs) > 1}
+
+    def _per_seed(self, values: Iterable[tuple[Any, float]]) -> list[float]:
+        by_seed: dict[Any, list[float]] = {}
+        for seed, value in values:
+            by_seed.setdefault(seed, []).append(value)
+        return [statistics.fmean(items) for items in by_seed.values()]
 
     def val_acc(self) -> list[tuple[float, float | None]]:
         """Mean and std over seeds of each learner's final search validation accuracy."""
         learners = max((len(run.val_acc) for run in self.runs), default=0)
         return [
-            mean_std(run.val_acc[k] for run in self.runs if k < len(run.val_acc))
+            mean_std(
+                self._per_seed(
+                    (run.seed, run.val_acc[k]) for run in self.runs if k < len(run.val_acc)
+                )
+            )
             for k in range(learners)
         ]
 
@@ -147,10 +184,25 @@ class SettingGroup:
         return None if stat is None else stat[0]
 
     def stat(self, attribute: str) -> tuple[float, float | None] | None:
-        """Mean and std over the runs that have ``attribute``; None when none has it."""
-        values = [getattr(run, attribute) for run in self.runs]
-        values = [value for value in values if value is not None]
+        """Mean and std over the seeds that have ``attribute``; None when none has it."""
+        if attribute == "test_error":
+            values = self._per_seed(
+                ((run.seed, seed), error)
+                for run in self.runs
+                for seed, error in run.test_errors().items()
+            )
+        else:
+            values = self._per_seed(
+                (run.seed, getattr(run, attribute))
+                for run in self.runs
+                if getattr(run, attribute) is not None
+            )
         return mean_std(values) if values else None
+
+    def samples(self, attribute: str) -> int:
+        if attribute == "test_error":
+            return len({(run.seed, seed) for run in self.runs for seed in run.test_errors()})
+        return len({run.seed for run in self.runs if getattr(run, attribute) is not None})
 
 
 @dataclass
@@ -223,14 +275,12 @@ def _read_config(folder: Path) -> dict:
     if not path.is_file():
         raise NotARunFolder("no config.yaml: not a run folder written by sgl-betty")
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as error:
-        raise NotARunFolder(
-            f"config.yaml cannot be read ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(config, dict):
-        raise NotARunFolder("config.yaml is not a mapping")
-    return config
+        config = read_yaml_config(path, "run config")
+        # Never resolved: an interpolation could read this machine's environment.
+        reject_interpolations(config, path)
+    except ConfigError as error:
+        raise NotARunFolder(str(error)) from None
+    return OmegaConf.to_container(config, resolve=False)
 
 
 def _summary_kind(summary: dict) -> str:
@@ -353,15 +403,18 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], list[str]]:
             target = _search_of(record, searches)
             if target is not None:
                 search, learner = target
-                if learner in search.evaluations:
-                    warnings.append(
-                        f"{record.path} evaluates learner {learner} of {search.path} again; "
-                        f"showing {search.evaluations[learner].path} only"
-                    )
-                else:
-                    search.evaluations[learner] = record
+                search.evaluations.setdefault(learner, []).append(record)
                 continue
         runs.append(record)
+    for search in searches.values():
+        for learner, evaluations in search.evaluations.items():
+            seeds = [evaluation.seed for evaluation in evaluations]
+            repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1}, key=str)
+            if repeated:
+                warnings.append(
+                    f"learner {learner} of {search.path} is evaluated more than once with seed(s) "
+                    f"{', '.join(map(str, repeated))}: each seed counts once (the mean of its runs)"
+                )
     return runs, warnings
 
 
@@ -401,7 +454,15 @@ def group_runs(runs: Sequence[RunRecord]) -> list[SettingGroup]:
 
 def compare_runs(paths: Sequence[str | Path]) -> Comparison:
     runs, warnings = load_runs(paths)
-    return Comparison(runs=runs, groups=group_runs(runs), warnings=warnings)
+    groups = group_runs(runs)
+    for group in groups:
+        for seed, repeats in group.repeated_seeds().items():
+            names = ", ".join(run.name for run in repeats)
+            warnings.append(
+                f"{names} are runs of one setting with the same seed {seed}: the statistics count "
+                "that seed once (the mean of its runs)"
+            )
+    return Comparison(runs=runs, groups=groups, warnings=warnings)
 
 
 def differing_keys(groups: Sequence[SettingGroup]) -> list[str]:
@@ -470,15 +531,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _test_error_cell(run: RunRecord) -> str:
-    error = run.test_error
-    if error is None:
+    errors = list(run.test_errors().values())
+    if not errors:
         return MISSING
+    text = _fmt_stat(mean_std(errors))
+    notes = []
     learner = run.evaluated_learner
-    return (
-        f"{error:.2f}"
-        if learner is None or (run.learners or 1) == 1
-        else f"{error:.2f} (learner {learner})"
-    )
+    if learner is not None and (run.learners or 1) > 1:
+        notes.append(f"learner {learner}")
+    if len(errors) > 1:
+        notes.append(f"{len(errors)} seeds")
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 RUN_COLUMNS = [
@@ -542,7 +605,7 @@ def setting_rows(groups: Sequence[SettingGroup]) -> list[list[str]]:
                 _value(first.hypergrad),
                 _value(first.lam),
                 _other(group.setting, other_keys),
-                f"{len(group.runs)} ({', '.join(_value(seed) for seed in group.seeds)})",
+                f"{len(group.seeds)} ({', '.join(_value(seed) for seed in group.seeds)})",
                 " / ".join(_fmt_stat(stat, scale=100.0) for stat in val_acc)
                 if val_acc
                 else MISSING,
@@ -570,8 +633,10 @@ def markdown_report(comparison: Comparison) -> str:
         _table(SETTING_COLUMNS, setting_rows(comparison.groups)),
         "",
         "Validation accuracy: each learner's final search validation accuracy. Test error: the "
-        "evaluation of the learner with the best search validation accuracy, when evaluated. "
-        "std: sample standard deviation (n - 1) over the seeds.",
+        "evaluation of the learner with the best search validation accuracy, when evaluated (the "
+        "mean over its evaluation seeds). std: sample standard deviation (n - 1) over distinct "
+        "seeds (runs of one seed count once); a test error's std is over every evaluation seed "
+        "of every search seed.",
     ]
     if comparison.warnings:
         parts += ["", "Skipped:", ""] + [f"- {warning}" for warning in comparison.warnings]
@@ -579,45 +644,80 @@ def markdown_report(comparison: Comparison) -> str:
 
 
 def setting_label(group: SettingGroup, other_keys: Sequence[str] = ()) -> str:
+    """One line naming a setting: method, K, hypergradient and lambda (or the evaluated
+    genotype), then every other key whose value differs between the compared settings."""
     first = group.first
     if first.kind == "eval":
         label = f"eval {first.method}"
     else:
-        label = f"{first.method} K={first.learners}\n{first.hypergrad} λ={first.lam}"
-    extra = [
-        f"{key.rsplit('.', 1)[-1]}={group.setting[key]}"
-        for key in other_keys
-        if key in group.setting
-    ]
-    return label + ("\n" + ", ".join(extra) if extra else "")
+        label = f"{first.method} K={first.learners}, {first.hypergrad}, λ={first.lam}"
+    extra = [f"{key}={group.setting[key]}" for key in other_keys if key in group.setting]
+    return ", ".join([label, *extra])
 
 
-COMPARE_FIGSIZE = (13.0, 4.5)
+def _distinct_labels(groups: Sequence[SettingGroup]) -> list[str]:
+    """Each setting's label; settings whose labels would read the same get the keys that tell
+    them apart (keys only some configs have, from other versions of the schema)."""
+    plain = [setting_label(group, differing_keys(groups)) for group in groups]
+    labels = list(plain)
+    for index, group in enumerate(groups):
+        twins = [other for other, label in enumerate(plain) if label == plain[index]]
+        if len(twins) == 1:
+            continue
+        keys = sorted(
+            {
+                key
+                for other in twins
+                for key in set(group.setting) | set(groups[other].setting)
+                if repr(group.setting.get(key)) != repr(groups[other].setting.get(key))
+            }
+        )
+        labels[index] += "".join(f", {key}={group.setting.get(key, MISSING)}" for key in keys)
+    return labels
 
 
-def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
+COMPARE_WIDTH = 13.0
+# The bars' height, and one line of the legend below them per setting (inches).
+COMPARE_BARS_HEIGHT, COMPARE_LINE_HEIGHT = 4.5, 0.22
+
+
+def compare_figsize(settings: int) -> tuple[float, float]:
+    return COMPARE_WIDTH, COMPARE_BARS_HEIGHT + COMPARE_LINE_HEIGHT * (settings + 1)
+
+
+def _bar_stats(groups, attribute):
+    stats = [group.stat(attribute) for group in groups]
+    means = [math.nan if stat is None else stat[0] for stat in stats]
+    stds = [0.0 if stat is None or stat[1] is None else stat[1] for stat in stats]
+    return stats, means, stds
+
+
+def comparison_figure(comparison: Comparison) -> Figure:
     """Bars per setting, mean over seeds with std error bars: each learner's final search
-    validation accuracy, the test error (when evaluated) and the seconds per search step."""
+    validation accuracy, the test error (when evaluated) and the seconds per search step. The
+    bars are labelled S1, S2, ...; the legend below says which setting each is."""
     groups = comparison.groups
-    other_keys = differing_keys(groups)
-    labels = [setting_label(group, other_keys) for group in groups]
+    codes = [f"S{index + 1}" for index in range(len(groups))]
+    labels = _distinct_labels(groups)
     positions = np.arange(len(groups))
-    figure = Figure(figsize=COMPARE_FIGSIZE, layout="constrained")
-    val_axes, error_axes, speed_axes = figure.subplots(1, 3)
+    width, height = compare_figsize(len(groups))
+    figure = Figure(figsize=(width, height), layout="constrained")
+    bars, legend = figure.subfigures(
+        2, 1, height_ratios=[COMPARE_BARS_HEIGHT, height - COMPARE_BARS_HEIGHT]
+    )
+    val_axes, error_axes, speed_axes = bars.subplots(1, 3)
 
     learners = max((len(group.val_acc()) for group in groups), default=0)
-    width = 0.8 / max(learners, 1)
+    bar_width = 0.8 / max(learners, 1)
     for k in range(learners):
         stats = [
             group.val_acc()[k] if k < len(group.val_acc()) else (math.nan, None) for group in groups
         ]
-        means = [100 * mean for mean, _ in stats]
-        stds = [100 * (std or 0.0) for _, std in stats]
         val_axes.bar(
-            positions + (k - (learners - 1) / 2) * width,
-            means,
-            width,
-            yerr=stds,
+            positions + (k - (learners - 1) / 2) * bar_width,
+            [100 * mean for mean, _ in stats],
+            bar_width,
+            yerr=[100 * (std or 0.0) for _, std in stats],
             capsize=3,
             label=f"learner {k}",
         )
@@ -629,9 +729,7 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         (error_axes, "test_error", "test error (%)"),
         (speed_axes, "seconds_per_step", "seconds per search step"),
     ):
-        stats = [group.stat(attribute) for group in groups]
-        means = [math.nan if stat is None else stat[0] for stat in stats]
-        stds = [0.0 if stat is None or stat[1] is None else stat[1] for stat in stats]
+        stats, means, stds = _bar_stats(groups, attribute)
         axes.bar(
             positions,
             means,
@@ -651,9 +749,18 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
                 va="center",
                 color="0.5",
             )
-    # Side by side, more than a few multi-line labels run into each other.
-    rotation = {"rotation": 30, "ha": "right"} if len(groups) > 4 else {}
     for axes in (val_axes, error_axes, speed_axes):
-        axes.set_xticks(positions, labels, fontsize=7, **rotation)
+        axes.set_xticks(positions, codes, fontsize=8)
         axes.grid(axis="y", alpha=0.3)
-    return save_png(figure, path)
+
+    text = "\n".join(
+        f"{code}: {label} ({len(group.seeds)} seed{'s' if len(group.seeds) != 1 else ''})"
+        for code, label, group in zip(codes, labels, groups, strict=True)
+    )
+    legend.text(0.01, 0.98, text, ha="left", va="top", fontsize=8, family="monospace")
+    return figure
+
+
+def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
+    """``comparison_figure`` as a PNG."""
+    return save_png(comparison_figure(comparison), path)

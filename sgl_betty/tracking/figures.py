@@ -31,7 +31,8 @@ from matplotlib.ticker import MaxNLocator
 
 from sgl_betty.genotypes import PRIMITIVES, num_edges
 
-from .run_folder import atomic_write_bytes, read_jsonl
+from .durable import atomic_write_bytes
+from .run_folder import read_jsonl
 from .tracker import run_name
 
 FIGURE_DPI = 100
@@ -86,29 +87,40 @@ def _cell_layout(steps: int) -> dict[str, tuple[float, float]]:
     return positions
 
 
-def _distance_to_segment(point, start, end) -> float:
-    point, start, end = (np.asarray(p, dtype=float) for p in (point, start, end))
-    direction = end - start
-    t = np.clip(np.dot(point - start, direction) / np.dot(direction, direction), 0.0, 1.0)
-    return float(np.linalg.norm(point - (start + t * direction)))
+# Bends tried for an edge, gentlest first: arc3's rad (0: straight; the sign picks the side).
+_BENDS = (0.0, *(sign * rad for rad in (0.15, 0.3, 0.45, 0.6, 0.8, 1.0) for sign in (1, -1)))
+# How far an edge keeps from the centre of any node it does not connect, in node radii.
+_CLEARANCE = 1.3
+
+
+def _arc_points(source, target, rad: float, samples: int = 64) -> np.ndarray:
+    """Points along the quadratic Bezier that ``arc3,rad=rad`` draws from source to target
+    (its control point is the midpoint moved by rad * (dy, -dx))."""
+    start, end = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
+    dx, dy = end - start
+    control = (start + end) / 2 + rad * np.array([dy, -dx])
+    t = np.linspace(0.0, 1.0, samples)[:, None]
+    return (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+
+
+def _clearance(points: np.ndarray, obstacles) -> float:
+    if not obstacles:
+        return math.inf
+    centres = np.asarray(obstacles, dtype=float)
+    return float(np.min(np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=-1)))
 
 
 def _bend(source, target, obstacles) -> float:
-    """The ``arc3`` rad of an edge: straight unless a node sits on the straight line; then
-    bent away from the cell's middle line, so that long edges go around the nodes."""
-    if not any(_distance_to_segment(p, source, target) < 1.4 * _NODE_RADIUS for p in obstacles):
-        return 0.0
-    dx = target[0] - source[0]
-    upward = (source[1] + target[1]) >= 0
-    # arc3 puts its control point at midpoint + rad * (dy, -dx): a negative rad bends a
-    # rightward edge upwards.
-    return (-0.3 if upward else 0.3) * (1.0 if dx >= 0 else -1.0)
-
-
-def _arc_midpoint(source, target, rad: float) -> tuple[float, float]:
-    # The quadratic Bezier that arc3 draws passes at t=1/2 through midpoint + rad/2 * (dy, -dx).
-    dx, dy = target[0] - source[0], target[1] - source[1]
-    return ((source[0] + target[0]) / 2 + rad * dy / 2, (source[1] + target[1]) / 2 - rad * dx / 2)
+    """The gentlest ``arc3`` rad whose curve passes no node it does not connect (or, if none
+    does, the one that keeps farthest from them)."""
+    best, best_clearance = 0.0, -math.inf
+    for rad in _BENDS:
+        clearance = _clearance(_arc_points(source, target, rad), obstacles)
+        if clearance >= _CLEARANCE * _NODE_RADIUS:
+            return rad
+        if clearance > best_clearance:
+            best, best_clearance = rad, clearance
+    return best
 
 
 def draw_cell(
@@ -117,82 +129,96 @@ def draw_cell(
     """One cell of a genotype as a graph: inputs c_{k-2}, c_{k-1}, nodes 0..steps-1, output c_{k}.
 
     ``edges`` are the genotype's ``(op, input)`` pairs, two per node in node order (as in
-    ``Genotype.normal``); ``concat`` lists the inputs whose outputs form c_{k}.
+    ``Genotype.normal``); ``concat`` lists the inputs whose outputs form c_{k}. An edge is bent
+    around every node it does not connect, so that no node seems to have an input it lacks.
     """
+    return save_png(cell_figure(edges, concat, title), path)
+
+
+def _cell_edges(edges, concat) -> list[tuple[str, str, str]]:
+    named = [
+        (input_name(int(source)), str(index // 2), str(op))
+        for index, (op, source) in enumerate(edges)
+    ]
+    return named + [(input_name(int(index)), "c_{k}", "") for index in concat]
+
+
+def _node_color(name: str) -> str:
+    if name in ("c_{k-2}", "c_{k-1}"):
+        return _INPUT_COLOR
+    return _OUTPUT_COLOR if name == "c_{k}" else _NODE_COLOR
+
+
+def cell_figure(edges: Sequence[Sequence[Any]], concat: Sequence[int], title: str = "") -> Figure:
+    """The figure ``draw_cell`` saves; each edge's arrow has the gid ``source->target``."""
     if len(edges) % 2:
         raise ValueError(f"a cell has two edges per node; got {len(edges)} edges")
-    steps = len(edges) // 2
-    positions = _cell_layout(steps)
+    positions = _cell_layout(len(edges) // 2)
     figure = Figure(figsize=CELL_FIGSIZE, layout="constrained")
     axes = figure.add_subplot()
     axes.set_aspect("equal")
     axes.axis("off")
-    xs = [x for x, _ in positions.values()]
-    axes.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
-    axes.set_ylim(-1.9, 1.9)
     if title:
         axes.set_title(title)
-
-    op_colors = {op: f"C{index % 10}" for index, op in enumerate(PRIMITIVES)}
     circles = {}
     for name, (x, y) in positions.items():
-        fill = (
-            _INPUT_COLOR
-            if name in ("c_{k-2}", "c_{k-1}")
-            else _OUTPUT_COLOR
-            if name == "c_{k}"
-            else _NODE_COLOR
+        circles[name] = Circle(
+            (x, y), _NODE_RADIUS, facecolor=_node_color(name), edgecolor="0.3", zorder=3
         )
-        circles[name] = Circle((x, y), _NODE_RADIUS, facecolor=fill, edgecolor="0.3", zorder=3)
         axes.add_patch(circles[name])
         axes.text(x, y, _mathtext(name), fontsize=11, ha="center", va="center", zorder=4)
 
-    named_edges = [
-        (input_name(int(source)), str(index // 2), str(op))
-        for index, (op, source) in enumerate(edges)
-    ]
-    named_edges += [(input_name(int(index)), "c_{k}", "") for index in concat]
-    for source_name, target_name, op in named_edges:
+    op_colors = {op: f"C{index % 10}" for index, op in enumerate(PRIMITIVES)}
+    extent = np.array(list(positions.values()))
+    for source_name, target_name, op in _cell_edges(edges, concat):
         source, target = positions[source_name], positions[target_name]
         obstacles = [p for name, p in positions.items() if name not in (source_name, target_name)]
         rad = _bend(source, target, obstacles)
-        color = op_colors.get(op, "0.45") if op else "0.6"
-        axes.add_patch(
-            FancyArrowPatch(
-                source,
-                target,
-                patchA=circles[source_name],
-                patchB=circles[target_name],
-                arrowstyle="-|>",
-                mutation_scale=12,
-                connectionstyle=f"arc3,rad={rad}",
-                color=color,
-                linewidth=1.6 if op else 1.0,
-                linestyle="-" if op else "--",
-                shrinkA=1,
-                shrinkB=1,
-                zorder=2,
-            )
+        extent = np.vstack([extent, _arc_points(source, target, rad)])
+        arrow = FancyArrowPatch(
+            source,
+            target,
+            patchA=circles[source_name],
+            patchB=circles[target_name],
+            arrowstyle="-|>",
+            mutation_scale=12,
+            connectionstyle=f"arc3,rad={rad}",
+            color=op_colors.get(op, "0.45") if op else "0.6",
+            linewidth=1.6 if op else 1.0,
+            linestyle="-" if op else "--",
+            shrinkA=1,
+            shrinkB=1,
+            zorder=2,
+            gid=f"{source_name}->{target_name}",
         )
+        axes.add_patch(arrow)
         if op:
-            x, y = _arc_midpoint(source, target, rad)
-            axes.text(
-                x,
-                y,
-                op,
-                fontsize=7.5,
-                ha="center",
-                va="center",
-                color=color,
-                zorder=5,
-                bbox={
-                    "boxstyle": "round,pad=0.15",
-                    "facecolor": "white",
-                    "edgecolor": "none",
-                    "alpha": 0.85,
-                },
+            _label_edge(
+                axes, _arc_points(source, target, rad, samples=3)[1], op, arrow.get_edgecolor()
             )
-    return save_png(figure, path)
+    # Bent edges may reach beyond the nodes: the view takes them in.
+    low, high = extent.min(axis=0) - 0.6, extent.max(axis=0) + 0.6
+    axes.set_xlim(low[0], high[0])
+    axes.set_ylim(min(low[1], -1.9), max(high[1], 1.9))
+    return figure
+
+
+def _label_edge(axes, where, op: str, color) -> None:
+    axes.text(
+        *where,
+        op,
+        fontsize=7.5,
+        ha="center",
+        va="center",
+        color=color,
+        zorder=5,
+        bbox={
+            "boxstyle": "round,pad=0.15",
+            "facecolor": "white",
+            "edgecolor": "none",
+            "alpha": 0.85,
+        },
+    )
 
 
 def _steps_for(rows: int) -> int | None:
@@ -209,14 +235,16 @@ def draw_weight_heatmaps(
     path: str | Path,
     epochs: Sequence[int] | None = None,
     title: str = "",
-    op_names: Sequence[str] | None = None,
+    op_names: Sequence[str] | Sequence[Sequence[str]] | None = None,
 ) -> Path:
     """Softmaxed architecture weights over epochs as heatmaps.
 
     ``weights_by_epoch[e]`` is one parameter after epoch ``epochs[e]``: an ``(edges, ops)``
     table (DARTS's alphas) gives one panel per edge, ops against epochs; an ``(edges,)`` vector
     (PC-DARTS's edge betas) gives one panel, edges against epochs. All panels share one colour
-    scale, so the panels can be compared with each other.
+    scale, so the panels can be compared with each other. ``op_names``: the table's columns,
+    one list for every edge, or a list per edge (P-DARTS's later stages keep different ops on
+    different edges); None: PRIMITIVES when the table has a column per op.
     """
     values = np.asarray(weights_by_epoch, dtype=float)
     if values.ndim == 2:
@@ -230,8 +258,7 @@ def draw_weight_heatmaps(
     epochs = list(range(num_epochs)) if epochs is None else list(epochs)
     steps = _steps_for(rows)
     row_names = edge_names(steps) if steps else [f"edge {row}" for row in range(rows)]
-    if op_names is None:
-        op_names = list(PRIMITIVES) if ops == len(PRIMITIVES) else [f"op {op}" for op in range(ops)]
+    per_edge = _per_edge_op_names(op_names, rows, ops)
     # The data's own range: at the start of a search all weights sit near 1/ops, and a scale
     # from 0 would paint them one colour; the colour bar shows the range.
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
@@ -239,7 +266,11 @@ def draw_weight_heatmaps(
 
     figure = Figure(figsize=WEIGHTS_FIGSIZE)
     # A fixed layout: constrained layout costs a second per figure with 14 panels.
-    figure.subplots_adjust(left=0.08, right=0.9, top=0.88, bottom=0.1, wspace=0.08, hspace=0.35)
+    # Edges with ops of their own are each labelled: room for the labels between the panels.
+    varying = any(names != per_edge[0] for names in per_edge)
+    figure.subplots_adjust(
+        left=0.08, right=0.9, top=0.88, bottom=0.1, wspace=0.75 if varying else 0.08, hspace=0.35
+    )
     if title:
         figure.suptitle(title)
     style = {"aspect": "auto", "interpolation": "nearest", "cmap": "viridis", "norm": scale}
@@ -258,12 +289,29 @@ def draw_weight_heatmaps(
             image = axes.imshow(values[:, row, :].T, **style)
             axes.set_title(_edge_label(row_names[row]), fontsize=8)
             _epoch_ticks(axes, epochs)
-            if row % columns == 0:
-                axes.set_yticks(range(ops), op_names, fontsize=6)
+            # The same ops on every edge: named once per row of panels.
+            if row % columns == 0 or per_edge[row] != per_edge[row - 1]:
+                axes.set_yticks(range(ops), per_edge[row], fontsize=6)
             else:
                 axes.set_yticks([])
     figure.colorbar(image, cax=figure.add_axes((0.92, 0.15, 0.012, 0.7)), label="softmax weight")
     return save_png(figure, path)
+
+
+def _per_edge_op_names(op_names, rows: int, ops: int) -> list[list[str]]:
+    if op_names is None:
+        names = list(PRIMITIVES) if ops == len(PRIMITIVES) else [f"op {op}" for op in range(ops)]
+        return [names] * rows
+    if op_names and not isinstance(op_names[0], str):
+        per_edge = [list(names) for names in op_names]
+    else:
+        per_edge = [list(op_names)] * rows
+    if len(per_edge) != rows or any(len(names) != ops for names in per_edge):
+        raise ValueError(
+            f"op_names do not fit a table of {rows} edges x {ops} ops: {len(per_edge)} edges, "
+            f"{sorted({len(names) for names in per_edge})} names per edge"
+        )
+    return per_edge
 
 
 def _epoch_ticks(axes, epochs: list[int]) -> None:
@@ -295,7 +343,9 @@ def draw_training_curves(
     """Loss curves (left) and accuracy curves (right) of ``keys`` over the rows of metrics.jsonl.
 
     The x axis is ``step`` when the rows have one (search runs), else ``epoch`` (evaluation runs).
-    Missing and null values (a non-finite loss is written as null) leave gaps.
+    Missing and null values (a non-finite loss is written as null) leave gaps. Metrics with the
+    same values at every point (a stage's loss and its only term) are one curve, labelled with
+    every name, instead of curves hiding each other.
     """
     axis_key = "step" if any("step" in row for row in rows) else "epoch"
     figure = Figure(figsize=CURVES_FIGSIZE, layout="constrained")
@@ -307,17 +357,11 @@ def draw_training_curves(
         axes.set_xlabel(axis_key)
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
-    for key in keys:
-        points = [(row.get(axis_key), row.get(key)) for row in rows]
-        points = [
-            (x, y) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))
-        ]
-        if not points:
-            continue
+    for points, names in _distinct_curves(rows, keys, axis_key).items():
         xs, ys = zip(*points, strict=True)
-        axes = acc_axes if key.endswith("acc") else loss_axes
+        axes = acc_axes if names[0].endswith("acc") else loss_axes
         axes.plot(
-            xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=key.rsplit("/", 1)[-1]
+            xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=" = ".join(names)
         )
     steps = sorted({row[axis_key] for row in rows if isinstance(row.get(axis_key), (int, float))})
     for axes in (loss_axes, acc_axes):
@@ -329,15 +373,33 @@ def draw_training_curves(
     return save_png(figure, path)
 
 
+def _distinct_curves(rows, keys, axis_key: str) -> dict[tuple, list[str]]:
+    """The curves of ``keys``, identical ones once: points -> the metric names that have them."""
+    curves: dict[tuple, list[str]] = {}
+    for key in keys:
+        points = [(row.get(axis_key), row.get(key)) for row in rows]
+        points = tuple(
+            (x, y) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))
+        )
+        if points:
+            kind = "acc" if key.endswith("acc") else "loss"
+            curves.setdefault((kind, points), []).append(key.rsplit("/", 1)[-1])
+    return {points: names for (_, points), names in curves.items()}
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json_value(path: Path):
     try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def _read_json(path: Path) -> dict | None:
+    value = _read_json_value(path)
     return value if isinstance(value, dict) else None
 
 
@@ -358,21 +420,66 @@ def _final_genotypes(summary: dict | None, architecture_rows: list[dict]) -> lis
     return []
 
 
-def _same_shape_tail(rows: list[dict], epochs: list[int], learner: int, param: str):
-    """The last epochs in which ``param`` kept its final shape (P-DARTS drops ops between
-    stages, so earlier epochs may have more columns)."""
-    series, kept = [], []
-    final_shape = None
-    for row, epoch in zip(reversed(rows), reversed(epochs), strict=True):
-        weights = row.get("weights") or []
-        value = weights[learner].get(param) if learner < len(weights) else None
-        shape = np.shape(value) if value is not None else None
-        final_shape = shape if final_shape is None else final_shape
-        if shape is None or shape != final_shape:
-            break
-        series.append(value)
-        kept.append(epoch)
-    return series[::-1], kept[::-1]
+def _stages_of(rows: list[dict]) -> dict[int | None, list[dict]]:
+    """genotypes.jsonl rows by P-DARTS stage (rows of other methods have none: one group)."""
+    stages: dict[int | None, list[dict]] = {}
+    for row in rows:
+        stages.setdefault(row.get("stage"), []).append(row)
+    return stages
+
+
+def _stage_ops(records: list, stage: int | None, learner: int, cell: str):
+    """Per edge, the op names of a P-DARTS stage's weight columns, from stages.json: the ops the
+    stage searched over (recorded at its end), or, for a stage still running, those the stage
+    before it kept. None when unknown (other methods: every op, PRIMITIVES)."""
+    if stage is None or not isinstance(records, list):
+        return None
+    by_index = {record.get("index"): record for record in records if isinstance(record, dict)}
+    try:
+        if stage in by_index:
+            return by_index[stage]["learners"][learner]["ops"][cell]
+        before = by_index[stage - 1]["learners"][learner]
+        dropped = before["dropped"][cell]
+        return [
+            [op for op in ops if op not in gone]
+            for ops, gone in zip(before["ops"][cell], dropped, strict=True)
+        ]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _weight_figures(run_dir: Path, rows: list[dict], out_dir: Path, name: str) -> list[Path]:
+    """Per learner and architecture parameter its weights over epochs; for P-DARTS one picture
+    per stage, each edge's rows named by the ops that stage had on it."""
+    records = _read_json_value(run_dir / "stages.json")
+    stages = _stages_of(rows)
+    written = []
+    for stage, stage_rows in stages.items():
+        epochs = [row.get("epoch", index) for index, row in enumerate(stage_rows)]
+        learners = max(len(row.get("weights") or []) for row in stage_rows)
+        for learner in range(learners):
+            params = {}
+            for row in stage_rows:
+                weights = row.get("weights") or []
+                if learner < len(weights):
+                    for param, value in weights[learner].items():
+                        params.setdefault(param, []).append(value)
+            for param, series in params.items():
+                if np.ndim(series[-1]) not in (1, 2) or len({np.shape(v) for v in series}) != 1:
+                    continue
+                cell = "reduce" if "reduce" in param else "normal"
+                in_stage = f"_stage{stage}" if stage is not None else ""
+                where = f", stage {stage}" if stage is not None else ""
+                written.append(
+                    draw_weight_heatmaps(
+                        series,
+                        out_dir / f"weights_learner{learner}{in_stage}_{_safe_name(param)}.png",
+                        epochs=epochs[-len(series) :],
+                        title=f"{name}: learner {learner}{where}, softmax({param}) over epochs",
+                        op_names=_stage_ops(records, stage, learner, cell),
+                    )
+                )
+    return written
 
 
 def draw_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -411,26 +518,7 @@ def draw_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> 
             )
 
     if architecture_rows:
-        epochs = [row.get("epoch", index) for index, row in enumerate(architecture_rows)]
-        learners = max(len(row.get("weights") or []) for row in architecture_rows)
-        for learner in range(learners):
-            params = (
-                architecture_rows[-1]["weights"][learner]
-                if learner < len(architecture_rows[-1]["weights"])
-                else {}
-            )
-            for param in params:
-                series, series_epochs = _same_shape_tail(architecture_rows, epochs, learner, param)
-                if not series or np.ndim(series[-1]) not in (1, 2):
-                    continue
-                written.append(
-                    draw_weight_heatmaps(
-                        series,
-                        out_dir / f"weights_learner{learner}_{_safe_name(param)}.png",
-                        epochs=series_epochs,
-                        title=f"{name}: learner {learner}, softmax({param}) over epochs",
-                    )
-                )
+        written += _weight_figures(run_dir, architecture_rows, out_dir, name)
 
     for prefix, keys in _curve_groups(metric_rows).items():
         file_name = f"curves_{_safe_name(prefix)}.png" if prefix else "curves.png"

@@ -1,19 +1,36 @@
 """The run folder: every file a user opens after a run, written so that nothing is half-written.
 
-Whole files (config, summary, checkpoints) go to a temporary file in the same folder and are
-renamed into place; line files (metrics, genotypes) are appended one complete line at a time.
+A run folder belongs to one run. ``claim_run_folder`` gives a new run a folder nobody used
+(refusing a used one, or numbering a default name until it is free) and writes ``run.json``,
+which says what kind of run it is; resuming reads that small JSON file, never a pickle.
+
+Whole files (config, summary, checkpoints) are written durably (``durable.durable_write``);
+line files (metrics, genotypes) are appended one complete line at a time and synced before
+each checkpoint, which records their lengths.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sgl_betty.errors import RunFolderError
+
+from .durable import atomic_write_bytes, describe_os_error, remove_stale_temporaries
+from .torch_files import save_torch_file
+
+RUN_FILE = "run.json"
+RUN_KINDS = ("search", "eval", "seeds")
+# The version of the files a run folder holds; 2: run.json, checkpoints of plain data only.
+FOLDER_FORMAT = 2
+# The files that make a folder a run folder of this project (earlier versions had no run.json).
+RUN_MARKERS = (RUN_FILE, "config.yaml", "checkpoint.pt", "summary.json", "metrics.jsonl")
 
 
 def _json_default(value: Any):
@@ -37,41 +54,33 @@ def _finite(value: Any):
     return value
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _make_folder(path: Path, exist_ok: bool) -> None:
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if exist_ok or not path.is_dir():
+            raise RunFolderError(
+                f"cannot use {path} as a run folder: it exists and is not a folder; choose "
+                "another run.dir"
+            ) from None
         raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot create the run folder {path}: {describe_os_error(error)}; choose a run.dir "
+            "on a disk you can write to"
+        ) from None
 
 
 class RunFolder:
-    """``runs/<name>/``: config.yaml, metrics.jsonl, genotypes.jsonl, architecture.pt, summary.json."""
+    """``runs/<name>/``: run.json, config.yaml, metrics.jsonl, genotypes.jsonl, checkpoints,
+    summary.json. Only one process of a multi-process run writes (rank 0); the others get a
+    folder whose writes do nothing."""
 
     def __init__(self, path: str | os.PathLike, enabled: bool = True):
         self.path = Path(path)
-        # Only one process of a multi-process run writes (rank 0); the others get a no-op folder.
         self.enabled = enabled
         if enabled:
-            self.path.mkdir(parents=True, exist_ok=True)
+            _make_folder(self.path, exist_ok=True)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -87,12 +96,141 @@ class RunFolder:
         if not self.enabled:
             return
         line = json.dumps(_finite(obj), default=_json_default, allow_nan=False) + "\n"
-        with open(self.file(name), "a", encoding="utf-8") as file:
-            file.write(line)
+        try:
+            with open(self.file(name), "a", encoding="utf-8") as file:
+                file.write(line)
+        except OSError as error:
+            raise RunFolderError(
+                f"cannot append to {self.file(name)}: {describe_os_error(error)}; free space or "
+                "choose a run.dir you can write to, then resume from the last checkpoint"
+            ) from None
 
     def save_torch(self, name: str, obj: Any) -> None:
         if self.enabled:
-            atomic_torch_save(obj, self.file(name))
+            save_torch_file(obj, self.file(name))
+
+    def line_file_sizes(self, names) -> dict[str, int]:
+        """The lengths of line files, synced to disk first: a checkpoint records them."""
+        sizes = {}
+        for name in names:
+            path = self.file(name)
+            if not path.exists():
+                sizes[name] = 0
+                continue
+            if self.enabled:
+                with open(path, "rb") as file:
+                    os.fsync(file.fileno())
+            sizes[name] = path.stat().st_size
+        return sizes
+
+    def truncate_line_files(self, sizes: dict[str, int]) -> None:
+        """Cut line files back to a checkpoint's lengths: later lines describe steps that will
+        be run again. A file already shorter (lost with the page cache) is left as it is."""
+        if not self.enabled:
+            return
+        for name, size in sizes.items():
+            path = self.file(name)
+            if path.exists() and path.stat().st_size > size:
+                with open(path, "r+b") as file:
+                    file.truncate(size)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporary files a killed run left behind (``.checkpoint.pt.*.tmp``, figures')."""
+        if not self.enabled:
+            return []
+        return remove_stale_temporaries(self.path) + remove_stale_temporaries(self.path / "figures")
+
+    def write_run_file(self, kind: str) -> None:
+        if kind not in RUN_KINDS:
+            raise ValueError(f"unknown run kind {kind!r}; one of {', '.join(RUN_KINDS)}")
+        created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.write_json(RUN_FILE, {"kind": kind, "format": FOLDER_FORMAT, "created": created})
+
+
+def read_run_kind(path: str | os.PathLike) -> str | None:
+    """The kind of run in ``path`` ('search', 'eval' or 'seeds') from its run.json; None when
+    the folder has none (a folder of an earlier version, or no run folder)."""
+    file = Path(path) / RUN_FILE
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(
+            f"{file} cannot be read ({error}); it says what kind of run the folder holds. "
+            f'Write {{"kind": "search"}} (or "eval", "seeds") into it, or start a new run'
+        ) from None
+    kind = record.get("kind") if isinstance(record, dict) else None
+    if kind not in RUN_KINDS:
+        raise RunFolderError(
+            f"{file} names no known kind of run ({kind!r}; one of {', '.join(RUN_KINDS)}); "
+            "it is not a run folder of this sgl-betty version"
+        )
+    return kind
+
+
+def holds_run(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return any((path / name).exists() for name in RUN_MARKERS)
+
+
+def _check_unused(path: Path) -> None:
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RunFolderError(
+            f"run.dir={path} is a file, not a folder; choose another run.dir for the new run"
+        )
+    if holds_run(path):
+        kind = read_run_kind(path) or "run"
+        raise RunFolderError(
+            f"run.dir={path} already holds a {kind} run, and a run folder belongs to one run: "
+            f"continue that run with --resume {path}, or give the new run another run.dir "
+            "(or leave run.dir unset for a fresh name)"
+        )
+    entries = sorted(entry.name for entry in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise RunFolderError(
+            f"run.dir={path} is not empty ({shown}); a new run needs a new or empty folder: "
+            "choose another run.dir"
+        )
+
+
+def claim_run_folder(path: str | os.PathLike, kind: str, *, numbered: bool = False) -> Path:
+    """A folder for a new run of ``kind``, with its run.json written.
+
+    ``path`` must be unused: absent or an empty folder (RunFolderError naming ``--resume``
+    otherwise). With ``numbered`` (a default name), a used name becomes ``<path>-2``,
+    ``<path>-3``, ...: the folder is created exclusively, so that two runs started in the same
+    second never share one.
+    """
+    path = Path(path)
+    if numbered:
+        candidate, number = path, 1
+        while True:
+            try:
+                _make_folder(candidate, exist_ok=False)
+                break
+            except FileExistsError:
+                number += 1
+                candidate = path.with_name(f"{path.name}-{number}")
+        path = candidate
+    else:
+        _check_unused(path)
+        _make_folder(path, exist_ok=True)
+        try:  # exclusively: of two runs started into one folder at once, one gets it
+            os.close(os.open(path / RUN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            _check_unused(path)
+            raise
+        except OSError as error:
+            raise RunFolderError(
+                f"cannot write into the run folder {path}: {describe_os_error(error)}; choose a "
+                "run.dir on a disk you can write to"
+            ) from None
+    RunFolder(path).write_run_file(kind)
+    return path
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
