@@ -352,3 +352,64 @@ def test_unrolled_keeps_the_sgd_direction_only_where_one_step_weights_are_taken(
         v_step, w_step = engine.problem("v", k).last_step, engine.problem("w", k).last_step
         assert v_step.weights is not None and v_step.direction is None  # V: pre-step weights
         assert w_step.weights is not None and w_step.direction is not None  # W: and W'
+
+
+# --- K = 1 darts: W steps once, one validation backward ------------------------------------
+
+
+class GradientCalls:
+    """Backward calls (``torch.autograd.grad`` and ``torch.autograd.backward``, which
+    ``Tensor.backward`` runs) and W network forwards during one engine step."""
+
+    def __init__(self, monkeypatch, w_net):
+        self.backwards = self.w_forwards = 0
+        for name in ("grad", "backward"):
+            original = getattr(torch.autograd, name)
+            monkeypatch.setattr(torch.autograd, name, self._counting(original))
+        w_net.register_forward_pre_hook(self._forward)
+
+    def _counting(self, original):
+        def call(*args, **kwargs):
+            self.backwards += 1
+            return original(*args, **kwargs)
+
+        return call
+
+    def _forward(self, module, args):
+        self.w_forwards += 1
+
+
+def k1_darts_step(path_by_path: bool, monkeypatch):
+    group = learners(1)
+    engine = engine_of(group, HypergradConfig(type="darts", path_by_path=path_by_path))
+    engine.step()  # momentum: W's step is not a plain gradient step
+    w_stage = engine.problem("w", 0)
+    steps = []
+    monkeypatch.setattr(w_stage.optimizer, "step", _recording(w_stage.optimizer.step, steps))
+    with monkeypatch.context() as patch:
+        calls = GradientCalls(patch, group[0].w_net)
+        engine.step()
+    return hypergradients(engine, 1), calls, len(steps)
+
+
+def _recording(step, into):
+    def recorded(*args, **kwargs):
+        into.append(1)
+        return step(*args, **kwargs)
+
+    return recorded
+
+
+def test_k1_darts_steps_w_once_and_takes_one_backward_for_alpha_and_w(monkeypatch):
+    """K = 1 darts is Betty's DARTS: the validation loss at W's post-step weights gives dF/dA and
+    dF/dW in one backward (Betty takes them in two), the finite differences perturb W where its
+    one step left it (no step redone), and the numbers are Betty's own."""
+    sweep, calls, w_steps = k1_darts_step(False, monkeypatch)
+    betty, betty_calls, betty_w_steps = k1_darts_step(True, monkeypatch)
+    assert torch.allclose(sweep, betty, rtol=1e-10, atol=1e-14), (sweep - betty).abs().max()
+    # W: its descent, the validation pass, the two sides of the difference.
+    assert w_steps == betty_w_steps == 1
+    assert calls.w_forwards == betty_calls.w_forwards == 4
+    # Backwards: W's descent, validation (A and W together), the two differences; Betty adds one.
+    assert calls.backwards == 4
+    assert betty_calls.backwards == 5
