@@ -1,106 +1,74 @@
-"""Wall time, pass count and peak memory of one SGL step, per hypergradient method and K.
+"""What one SGL step costs, measured: time against one supernet forward + backward timed in the
+same run, FLOPs and aten ops as executed, and peak memory, per search space, K and hypergradient.
 
-    python benchmarks/perf.py [preset=default|tiny|paper] [key=value ...] [--device cuda]
+    python benchmarks/perf.py                                   # preset=default, every row
+    python benchmarks/perf.py threads=1 repeats=3 spaces=[darts] learners=[1,2]
+    python benchmarks/perf.py preset=tiny hypergrad=[darts,neumann] device=cuda
 
-Keys (all optional; ``--key value`` and ``--key=value`` work too):
+Options are ``key=value`` overrides of ``PerfConfig`` (the recipes' OmegaConf syntax: lists as
+``[a,b]``), on top of a preset (``default``: DARTS space at C=8, 5 cells, 32 px, batch 16, 100
+classes; ``tiny``: the tests' seconds-long size; ``paper``: C=16, 8 cells, batch 64, for a GPU).
 
-    init_channels=8 layers=5 image_size=32 batch_size=16 num_classes=100 steps=4
-    learners=1,2,3 hypergrad=first_order,darts,unrolled,neumann,cg
-    neumann_iterations=1 cg_iterations=1 pseudo_label_arch_grad=true detach_pseudo_labels=false
-    repeats=10 warmup=2 batches=4 seed=0 device=cpu|cuda|cuda:N|auto threads=0 (0: torch's default)
-    channels_last=false bf16=false (channels-last memory format; bf16 autocast: meant for GPUs)
+Rows: for every search space in ``spaces`` (darts, pc_darts, p_darts, darts_minus: each built as
+the recipes build it, ``sgl_betty.experiment.methods``, with the recipe's optimizers and
+schedules), a ``supernet`` row (the unit) and, for every K in ``learners`` and every type in
+``hypergrad`` (``sgl_betty.config.HYPERGRAD_TYPES`` and ``unrolled_exact``), one
+``engine.step()`` of ``build_sgl_engine`` on random batches. DARTS-'s auxiliary skip weight and
+P-DARTS's skip dropout are set for search progress ``progress``.
 
-Everything runs in one process. Rows:
+How each row is measured:
 
-- ``supernet``: the unit. One ``SearchNetwork`` forward on a batch plus the cross-entropy
-  backward into the weights and the architecture parameters (2 passes).
-- ``single`` (K = 1) and ``sgl`` (K >= 2): one ``engine.step()`` of an engine built with
-  ``build_sgl_engine`` on random data (``batches`` batches per split, cycled by the engine), for
-  every hypergradient type; the median over ``repeats`` steps after ``warmup`` steps.
+1. Memory: ``warmup`` steps and the counted step (below) after building the row's engine; the
+   peak over them minus the memory in use before the engine was built (so it includes the
+   row's networks, optimizer states and activations). CUDA: ``max_memory_allocated`` and
+   ``max_memory_reserved``. CPU: the peak resident set size (Linux ``VmHWM``, reset through
+   ``/proc/self/clear_refs``; without it ``ru_maxrss`` growth, a lower bound).
+2. Counts: one step under ``OpCounter``, a ``TorchDispatchMode`` that sees every aten op the
+   step executes: ``aten_ops``; FLOPs by ``torch.utils.flop_counter``'s formulas (convolutions
+   and matrix products, with the backward's ``output_mask``, so a backward that skips the
+   weight gradients counts less); convolution calls. Each op is attributed to the forward (no
+   backward running), to a first-order backward, or to a second-order backward: a backward
+   that runs through the derivative of a backward formula (an autograd node such as
+   ``ConvolutionBackwardBackward0``, which only a graph recorded by a ``create_graph=True``
+   backward contains), i.e. a Hessian-vector or mixed second-derivative product.
+   ``backwards`` and ``second_order`` count those backward calls (autograd graph tasks);
+   ``forwards`` counts network forward calls (hooks on every V and W network). Nothing is
+   derived from the code's structure.
+3. Time: the unit and the step alternate, ``unit, step, unit, step, ..., unit`` (``repeats``
+   steps); each step's time is divided by the mean of the two units around it, so a load change
+   on a shared machine moves both. ``time_units`` is the median of these ratios, with their
+   ``min`` and ``max``. CUDA: CUDA events around each call, ``torch.cuda.synchronize`` after.
+   CPU: also ``cpu_time_units``, the same ratios of process CPU time: with ``threads=1`` other
+   processes on a shared machine slow the clock but barely this process's CPU time (they still
+   share caches and memory bandwidth), so it is the steadier figure there.
 
-Columns: ``seconds_per_step``; ``passes`` (what the current code executes, derived below) and
-``passes_floor`` (what the algorithm needs); ``overhead = seconds_per_step / (passes * unit)``
-with ``unit = unit_seconds`` = the supernet row's time divided by its 2 passes, i.e. the time of
-an average pass (a forward costs about a third of forward + backward, a backward two thirds);
-``forwards`` (derived) and ``forwards_observed`` (supernet forward calls counted with hooks during
-the timed steps, divided by ``repeats``: a check of the derivation's forward part);
-``peak_memory_mb``: on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation before the
-row's networks were built; on CPU the peak resident set size of the process (Linux ``VmHWM``,
-reset through ``/proc/self/clear_refs`` before each row, after ``gc`` and ``malloc_trim``) minus
-the resident set size at that moment. Where the peak cannot be reset the script falls back to
-``resource.getrusage(RUSAGE_SELF).ru_maxrss`` growth, which only sees new process-wide highs (a
-lower bound; 0 for a row smaller than an earlier one); ``memory_method`` in the JSON says which.
-Both include the row's networks, optimizer states and activations.
+The unit (``supernet`` row): one forward of the space's search network on a batch, the
+cross-entropy, and the backward into its weights and architecture parameters; its FLOPs are
+counted the same way.
 
-The last line of standard output is one JSON object: ``unit_seconds``, ``unit_fwd_bwd_seconds``,
-``config``, ``threads``, ``memory_method`` and ``rows`` (method, K, hypergrad, seconds_per_step,
-passes, overhead, peak_memory_mb, passes_floor, forwards, forwards_observed).
+Columns: ``flop_units`` = the step's FLOPs / the unit's FLOPs; ``overhead`` = seconds per step /
+(``flop_units`` x the unit's seconds) = ``time_units / flop_units``: 1 means the step runs as
+fast per FLOP as a plain forward + backward. ``floor_units``: the FLOPs of the fewest passes
+the step's algorithm needs (``floor_passes``), each kind of pass measured by running it on the
+unit's network (``measure_pass_kinds``); ``flop_units / floor_units`` is what the
+implementation executes beyond that.
 
-Pass counts
------------
+The floor (per step; K learners; "graphs" of a W loss: its labelled and unlabelled forwards):
 
-Convention. One pass = one supernet forward over one batch (F), or one backward through the
-graph of one such forward (B; also when the backward records a graph, ``create_graph=True``).
-A second-order product through the graph of one forward (an HVP, or the mixed derivative
-d/dy (v . dL/dx) that ends an implicit solver) counts 2 passes (S = 2). All batches (D_tr, D_val,
-D_u) have the same size. Costs below the network's size (softmaxes, optimizer steps, vector
-algebra) are not passes; they are part of the measured overhead.
+- descent: K = 1: W F + Bw; K >= 2: V K(F + Bw), W K(2F + 2Bw), each V's pseudo-labels once (K F);
+- validation: K(F + B), B into W and A (first_order: into A only, Ba);
+- hypergradient, per V and W solve, per graph of its loss (V: 1; W: 2, K = 1: 1):
+  finite differences (darts, unrolled, unrolled_post_step) 2(F + Ba), the backward into the
+  architecture and the pseudo-labels only; unrolled_exact F + Bg + Sa; neumann and cg with i
+  iterations F + Bg + i Sw + Sa; K >= 2 adds one backward B through each V's pseudo-label graph
+  (its graph kept from the W stage: no forward) for the summed pseudo-label gradient.
 
-Betty's graph (engine/build.py). For K >= 2: problems v_k, w_k, arch_k; l2u v_k -> w_j (j != k),
-w_j -> arch_k (all j, k); u2l arch_k -> {w_k, v_k, w_j (j != k)} unless first_order. Betty
-finds, per u2l edge, the l2u paths back to arch_k, so arch_k's hypergradient follows 2K - 1
-paths (K - 1 fewer with ``pseudo_label_arch_grad=false``, only P1 with
-``detach_pseudo_labels=true``):
+Pass kinds: F forward; Bw backward into the weights; Ba into the architecture only (no weight
+gradients); B into both; Bg into the weights with ``create_graph``; Sw a Hessian-vector product
+over a Bg graph; Sa the mixed product d/dA (grad_w L . v) over a Bg graph.
 
-    P1      arch_k <- w_k                   solver(w_k -> arch_k)
-    P2_j    arch_k <- w_j <- v_k  (j != k)  solver(w_j -> v_k), then solver(v_k -> arch_k)
-    P3_j    arch_k <- w_j         (j != k)  solver(w_j -> arch_k)  (direct pseudo-label term)
-
-Each path starts from dL_val/dW_j (``betty.hypergradient.get_grads``: one B through learner j's
-validation graph, which ``retain_graph=True`` keeps). K = 1 has w_0 and arch_0 only, path P1.
-
-Before the engine's one-sweep hypergradient (engine/hypergradient.py), each arch_k followed
-its paths one by one (K^2 validation forwards, K (3K - 2) solver calls through W stages) and
-every W stage re-ran its peers' pseudo-label forwards: K = 2 darts 86 passes, neumann(1) 112,
-unrolled (then exact) 84; BENCHMARKS.md keeps those figures.
-
-Current code, per step (K >= 2 unless said otherwise):
-
-- V stage (problems/v_stage.py), each k: 1 F (D_tr) + 1 B.                       -> K(F + B)
-- W stage (problems/w_stage.py), each k: own forward on D_tr and on D_u (2 F) and 2 B; each
-  V_k's pseudo-labels are computed once per step without a graph and shared (K F).
-                                                                      -> 3K F + 2K B
-  K = 1: no V stage; W is 1 F + 1 B (no unlabelled data).
-- Architecture stage: one validation forward and backward per learner (the backward gives
-  dL_j/dA_j and, for implicit types, dL_j/dW_j).                               -> K(F + B)
-- Implicit types: one solver call per w_j, whose "previous problem" is every problem its
-  paths continue to (A_j, the peers' A_k and V_k), on the vector dL_j/dW_j; then one solver call
-  per v_k on the sum of the vectors the w_j sent it. Re-evaluating w_j's loss costs
-  S_W = 2 + (K - 1) F (own D_tr and D_u, every peer's pseudo-labels with a graph; K = 1: 1);
-  a gradient towards the union runs back through w_j's n_W = 2 own graphs and the K - 1 peer
-  pseudo-label graphs. With i = neumann_iterations (cg: cg_iterations; unrolled_exact: 0):
-
-  - darts and unrolled (finite differences, Eq. 9): w_j 2 (S_W F + (n_W + K - 1) B),
-    v_k 2 (F + B);
-  - neumann / cg: w_j S_W F + (n_W + K - 1) B + (i + 1) n_W S, v_k F + B + (i + 1) S.
-
-  Totals, passes = F + B + 2 S: K = 1: first_order 4, darts 8, neumann/cg 8 + 2i.
-  K = 2: first_order 18, darts and unrolled 50, neumann(1) 58. K = 3: 27, 87, 93.
-
-Floor (what the same approximation needs, each quantity computed once per step):
-
-- V: K(F + B). W: 2K F + 2K B, plus each V_k's pseudo-labels once (K F, shared by the peers).
-- Architecture: K validation forwards and K backwards (one backward of L_j gives dL_j/dA_j and
-  dL_j/dW_j together). K = 1: W F + B, architecture F + B.
-- Implicit: one solver application per w_j, on the vector dL_j/dW_j (shared by every arch_k);
-  its backward also yields the gradients with respect to the K - 1 pseudo-label targets. Then
-  one backward through each V_k's pseudo-label graph (kept from the W stage) for the summed
-  target gradient: it yields the V_k vector and the direct A_k term (K B). Then one solver
-  application per v_k on that summed vector.
-  darts: w_j 2(2F + 2B), v_k 2(F + B). neumann/cg(i): w_j 2F + 2B + (2i + 2) S,
-  v_k F + B + (i + 1) S.
-- Totals: K = 1: first_order 4, darts 8, neumann/cg 8 + 2i. K >= 2: first_order 9K; darts 22K;
-  neumann/cg 22K + 6iK (K=2, i=1: 56; the current code: 112).
+The last line of standard output is one JSON object (config, device, threads, backend flags,
+load averages, rows); the table before it is Markdown.
 """
 
 from __future__ import annotations
@@ -108,232 +76,300 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import os
+import platform
 import re
 import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
-HYPERGRADS = ("first_order", "darts", "unrolled", "neumann", "cg")
+from sgl_betty.config import HYPERGRAD_TYPES
+
+HYPERGRADS = (*HYPERGRAD_TYPES, "unrolled_exact")
+SPACES = ("darts", "pc_darts", "p_darts", "darts_minus")
+FINITE_DIFFERENCE = ("darts", "unrolled", "unrolled_post_step")
+
+
+@dataclass
+class PerfConfig:
+    preset: str = "default"
+    spaces: list[str] = field(default_factory=lambda: list(SPACES))
+    learners: list[int] = field(default_factory=lambda: [1, 2])
+    hypergrad: list[str] = field(default_factory=lambda: list(HYPERGRADS))
+    init_channels: int = 8
+    layers: int = 5
+    # Intermediate nodes per cell (the recipes' search.steps).
+    steps: int = 4
+    image_size: int = 32
+    batch_size: int = 16
+    num_classes: int = 100
+    neumann_iterations: int = 1
+    cg_iterations: int = 1
+    pseudo_label_arch_grad: bool = True
+    detach_pseudo_labels: bool = False
+    # Search progress in [0, 1) for DARTS-'s auxiliary skip weight and P-DARTS's skip dropout.
+    progress: float = 0.5
+    repeats: int = 5
+    warmup: int = 1
+    batches: int = 4
+    seed: int = 0
+    device: str = "cpu"
+    # 0: torch's default.
+    threads: int = 0
+    channels_last: bool = False
+    bf16: bool = False
+
 
 PRESETS = {
-    # The issue's reference point: small enough for a CPU, the DARTS space at full width of ops.
-    "default": dict(
-        init_channels=8, layers=5, image_size=32, batch_size=16, num_classes=100, steps=4
-    ),
-    # The test's configuration: seconds on a CPU.
+    "default": {},
+    # The tests' size: seconds on a CPU.
     "tiny": dict(
         init_channels=4,
         layers=3,
+        steps=1,
         image_size=8,
         batch_size=4,
         num_classes=10,
-        steps=1,
         repeats=2,
         warmup=1,
-        learners=[1, 2],
+        batches=2,
     ),
     # The paper's search network (C = 16, 8 cells, batch 64): for a GPU.
-    "paper": dict(
-        init_channels=16, layers=8, image_size=32, batch_size=64, num_classes=100, steps=4
-    ),
+    "paper": dict(init_channels=16, layers=8, batch_size=64),
 }
-
-DEFAULTS = dict(
-    preset="default",
-    init_channels=8,
-    layers=5,
-    image_size=32,
-    batch_size=16,
-    num_classes=100,
-    steps=4,
-    learners=[1, 2, 3],
-    hypergrad=list(HYPERGRADS),
-    neumann_iterations=1,
-    cg_iterations=1,
-    pseudo_label_arch_grad=True,
-    detach_pseudo_labels=False,
-    repeats=10,
-    warmup=2,
-    batches=4,
-    seed=0,
-    device="cpu",
-    threads=0,
-    channels_last=False,
-    bf16=False,
-)
 
 
 class UsageError(ValueError):
     pass
 
 
-def _coerce(key: str, text: str, default):
-    try:
-        if isinstance(default, bool):
-            lowered = text.strip().lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, list):
-            items = [item.strip() for item in text.strip("[]").split(",") if item.strip()]
-            if not items:
-                raise ValueError
-            return [int(item) for item in items] if isinstance(default[0], int) else items
-        return text
-    except ValueError:
-        raise UsageError(f"{key}={text!r}: expected {type(default).__name__}") from None
-
-
-def parse_args(argv: list[str]) -> dict:
-    """``key=value`` / ``--key value`` / ``--key=value`` overrides on top of a preset."""
-    pairs: list[tuple[str, str]] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        if arg.startswith("--"):
-            arg = arg[2:]
-            if "=" not in arg:
-                if not args:
-                    raise UsageError(f"--{arg} needs a value")
-                arg = f"{arg}={args.pop(0)}"
+def load(argv: list[str]) -> PerfConfig:
+    """The run's config: ``PerfConfig`` defaults <- the preset <- ``key=value`` overrides."""
+    for arg in argv:
         if "=" not in arg:
-            raise UsageError(f"expected key=value, got {arg!r}")
-        key, value = arg.split("=", 1)
-        pairs.append((key.strip().replace("-", "_"), value))
-    cfg = dict(DEFAULTS)
-    for key, _ in pairs:
-        if key not in DEFAULTS:
-            raise UsageError(f"unknown key {key!r}; keys: {', '.join(DEFAULTS)}")
-    preset = dict(pairs).get("preset", DEFAULTS["preset"])
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    cfg.update(PRESETS[preset], preset=preset)
-    for key, value in pairs:
-        cfg[key] = _coerce(key, value, DEFAULTS[key])
-    for name in cfg["hypergrad"]:
-        if name not in HYPERGRADS:
-            raise UsageError(f"unknown hypergrad {name!r}; choose from {', '.join(HYPERGRADS)}")
-    if any(k < 1 for k in cfg["learners"]):
-        raise UsageError("learners: every K must be >= 1")
+            raise UsageError(f"expected key=value (e.g. learners=[1,2]), got {arg!r}")
+    try:
+        cli = OmegaConf.from_dotlist(argv)
+        preset = str(cli.get("preset", PerfConfig.preset))
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        cfg = OmegaConf.merge(OmegaConf.structured(PerfConfig), PRESETS[preset], cli)
+    except OmegaConfBaseException as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    config = PerfConfig(**OmegaConf.to_container(cfg))
+    check(config)
+    return config
+
+
+def check(cfg: PerfConfig) -> None:
+    for name, allowed, given in (
+        ("hypergrad", HYPERGRADS, cfg.hypergrad),
+        ("spaces", SPACES, cfg.spaces),
+    ):
+        unknown = [item for item in given if item not in allowed]
+        if unknown:
+            raise UsageError(f"{name}: unknown {unknown}; choose from {', '.join(allowed)}")
+    if not cfg.learners or any(k < 1 for k in cfg.learners):
+        raise UsageError("learners: every K must be >= 1, e.g. learners=[1,2]")
     for key in ("repeats", "batches", "init_channels", "layers", "batch_size", "steps"):
-        if cfg[key] < 1:
+        if getattr(cfg, key) < 1:
             raise UsageError(f"{key} must be >= 1")
-    if cfg["warmup"] < 0 or cfg["threads"] < 0 or cfg["neumann_iterations"] < 0:
-        raise UsageError("warmup, threads and neumann_iterations must be >= 0")
-    if cfg["cg_iterations"] < 1:
-        raise UsageError("cg_iterations must be >= 1")
-    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg["device"]):
-        raise UsageError(f"device must be cpu, cuda, cuda:N or auto (got {cfg['device']!r})")
-    return cfg
+    if cfg.warmup < 0 or cfg.threads < 0 or cfg.neumann_iterations < 0 or cfg.cg_iterations < 1:
+        raise UsageError("warmup, threads, neumann_iterations >= 0 and cg_iterations >= 1")
+    if not 0.0 <= cfg.progress < 1.0:
+        raise UsageError(f"progress={cfg.progress} must be in [0, 1)")
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
+        raise UsageError(f"device must be cpu, cuda, cuda:N or auto (got {cfg.device!r})")
 
 
-# ----------------------------------------------------------------------------- pass counts
+# ----------------------------------------------------------------------------- counting
+
+aten = torch.ops.aten
+# The autograd node of a backward formula's own derivative (ConvolutionBackwardBackward0,
+# ThresholdBackwardBackward0, ...): only a graph recorded by a create_graph backward has one.
+SECOND_ORDER_NODE = re.compile(r"Backward.*Backward")
+
+
+def op_flops(packet, args, kwargs, out) -> int:
+    """``torch.utils.flop_counter``'s count of one op, except that the weight gradient of a
+    grouped convolution is divided by its groups (the library's formula ignores them, which
+    counts a depthwise convolution's weight gradient ``channels`` times over)."""
+    if packet not in flop_registry:
+        return 0
+    formula = flop_registry[packet]
+    if packet is not aten.convolution_backward or args[7] or args[9] == 1:
+        return int(formula(*args, **kwargs, out_val=out))
+    grad_input, grad_weight, grad_bias = args[10]
+    inputs = formula(*args[:10], [grad_input, False, False], out_val=out)
+    weights = formula(*args[:10], [False, grad_weight, False], out_val=out)
+    return int(inputs + weights // args[9])
 
 
 @dataclass
-class Count:
-    """Forward passes, backward passes and second-order products (2 passes each)."""
+class PhaseCounts:
+    aten_ops: int = 0
+    flops: int = 0
+    convolutions: int = 0
+    convolution_backwards: int = 0
 
-    F: int = 0
-    B: int = 0
-    S: int = 0
-    parts: dict = field(default_factory=dict)
-
-    def add(self, part: str, F: int = 0, B: int = 0, S: int = 0) -> None:
-        self.F += F
-        self.B += B
-        self.S += S
-        self.parts[part] = self.parts.get(part, 0) + F + B + 2 * S
-
-    @property
-    def passes(self) -> int:
-        return self.F + self.B + 2 * self.S
+    def add(self, other: PhaseCounts) -> None:
+        for name in ("aten_ops", "flops", "convolutions", "convolution_backwards"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _iterations(hypergrad: str, cfg: dict) -> int:
-    return {"unrolled": 0, "neumann": cfg["neumann_iterations"], "cg": cfg["cg_iterations"]}.get(
-        hypergrad, 0
-    )
+class OpCounter(TorchDispatchMode):
+    """Counts what runs while it is active: aten ops, FLOPs and convolutions, split into the
+    forward, first-order backward calls and second-order backward calls."""
 
+    def __init__(self, networks=()):
+        super().__init__()
+        self.forward = PhaseCounts()
+        self._tasks: dict[int, PhaseCounts] = {}
+        self._second_order: set[int] = set()
+        self.network_forwards = 0
+        self._handles = [net.register_forward_pre_hook(self._on_forward) for net in networks]
 
-def _path_counts(K: int, cfg: dict) -> tuple[int, int]:
-    """(number of P2 paths, number of P3 paths) per architecture."""
-    if K == 1 or cfg["detach_pseudo_labels"]:
-        return 0, 0
-    return K - 1, (K - 1 if cfg["pseudo_label_arch_grad"] else 0)
+    def _on_forward(self, module, args):
+        self.network_forwards += 1
 
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        return super().__exit__(*exc)
 
-def current_passes(K: int, hypergrad: str, cfg: dict) -> Count:
-    """What the engine executes per step (see "Current code" in the module docstring)."""
-    c = Count()
-    if K == 1:
-        c.add("w", F=1, B=1)
-    else:
-        c.add("v", F=K, B=K)
-        c.add("w", F=3 * K, B=2 * K)  # own D_tr and D_u forwards, each V's pseudo-labels once
-    c.add("arch", F=K, B=K)  # one validation forward and backward per learner
-    if hypergrad == "first_order":
-        return c
-    n_w = 1 if K == 1 else 2
-    peers = 0 if K == 1 or cfg["detach_pseudo_labels"] else K - 1
-    s_w = n_w + peers
-    i = _iterations(hypergrad, cfg)
-    finite_difference = hypergrad in ("darts", "unrolled")
-    for _ in range(K):  # one solver call per w_j, towards every problem its paths continue to
-        if finite_difference:
-            c.add("solver_w", F=2 * s_w, B=2 * (n_w + peers))
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        task = torch._C._current_graph_task_id()
+        if task < 0:
+            counts = self.forward
         else:
-            c.add("solver_w", F=s_w, B=n_w + peers, S=(i + 1) * n_w)
-    n_p2, _ = _path_counts(K, cfg)
-    if n_p2:
-        for _ in range(K):  # one solver call per v_k, on the sum of what the w_j sent it
-            if finite_difference:
-                c.add("solver_v", F=2, B=2)
-            else:
-                c.add("solver_v", F=1, B=1, S=i + 1)
+            counts = self._tasks.setdefault(task, PhaseCounts())
+            if task not in self._second_order:
+                node = torch._C._current_autograd_node()
+                if node is not None and SECOND_ORDER_NODE.search(type(node).__name__):
+                    self._second_order.add(task)
+        counts.aten_ops += 1
+        packet = func._overloadpacket
+        counts.flops += op_flops(packet, args, kwargs, out)
+        if packet is aten.convolution:
+            counts.convolutions += 1
+        elif packet is aten.convolution_backward:
+            counts.convolution_backwards += 1
+        return out
+
+    def phase(self, second_order: bool) -> tuple[PhaseCounts, int]:
+        """The summed counts of the first-order (or second-order) backward calls, and how many."""
+        total, calls = PhaseCounts(), 0
+        for task, counts in self._tasks.items():
+            if (task in self._second_order) == second_order:
+                total.add(counts)
+                calls += 1
+        return total, calls
+
+    def summary(self) -> dict:
+        backward, backwards = self.phase(second_order=False)
+        second, second_calls = self.phase(second_order=True)
+        phases = {"forward": self.forward, "backward": backward, "second_order": second}
+        return dict(
+            forwards=self.network_forwards,
+            backwards=backwards,
+            second_order=second_calls,
+            aten_ops=sum(p.aten_ops for p in phases.values()),
+            flops=sum(p.flops for p in phases.values()),
+            by_phase={name: asdict(p) for name, p in phases.items()},
+        )
+
+
+def count(fn, networks=()) -> dict:
+    with OpCounter(networks) as counter:
+        fn()
+    return counter.summary()
+
+
+# ----------------------------------------------------------------------------- the floor
+
+
+def floor_passes(K: int, hypergrad: str, cfg: PerfConfig) -> Counter:
+    """The passes the step's algorithm needs, each quantity once (module docstring)."""
+    c = Counter()
+    if K == 1:
+        c.update(F=1, Bw=1)
+    else:
+        c.update(F=4 * K, Bw=3 * K)  # V: F + Bw; W: 2F + 2Bw; pseudo-labels: F
+    first_order = hypergrad == "first_order"
+    c.update(F=K, **{"Ba" if first_order else "B": K})
+    if first_order:
+        return c
+    peers = K > 1 and not cfg.detach_pseudo_labels
+    graphs = [2 if K > 1 else 1] * K + ([1] * K if peers else [])  # W solves, then V solves
+    iterations = cfg.cg_iterations if hypergrad == "cg" else cfg.neumann_iterations
+    for n in graphs:
+        if hypergrad in FINITE_DIFFERENCE:
+            c.update(F=2 * n, Ba=2 * n)
+        elif hypergrad == "unrolled_exact":
+            c.update(F=n, Bg=n, Sa=n)
+        else:
+            c.update(F=n, Bg=n, Sw=iterations * n, Sa=n)
+    if peers:
+        c.update(B=K)  # through each V's pseudo-label graph, for the summed gradient
     return c
 
 
-def floor_passes(K: int, hypergrad: str, cfg: dict) -> Count:
-    """What the algorithm needs per step with every quantity computed once."""
-    c = Count()
-    if K == 1:
-        c.add("w", F=1, B=1)
-    else:
-        c.add("v", F=K, B=K)
-        c.add("w", F=3 * K, B=2 * K)
-    c.add("arch", F=K, B=K)
-    if hypergrad == "first_order":
-        return c
-    n_w = 1 if K == 1 else 2
-    i = _iterations(hypergrad, cfg)
-    n_p2, _ = _path_counts(K, cfg)
-    for _ in range(K):
-        if hypergrad == "darts":
-            c.add("solver_w", F=2 * n_w, B=2 * n_w)
-        else:
-            c.add("solver_w", F=n_w, B=n_w, S=(i + 1) * n_w)
-    if n_p2:
-        for _ in range(K):
-            c.add("pseudo_label_backward", B=1)
-            if hypergrad == "darts":
-                c.add("solver_v", F=2, B=2)
-            else:
-                c.add("solver_v", F=1, B=1, S=i + 1)
-    return c
+def measure_pass_kinds(net, arch, batch) -> dict[str, int]:
+    """FLOPs of each pass kind of ``floor_passes``, measured by running it on ``net``."""
+    x, y = batch
+    weights, alphas = list(net.parameters()), list(arch.parameters())
+
+    def loss():
+        return F.cross_entropy(net(x, arch()), y)
+
+    def run(kind):
+        def backward(inputs):
+            def fn():
+                torch.autograd.grad(loss(), inputs)
+
+            return fn
+
+        def second(targets):
+            def fn():
+                grads = torch.autograd.grad(loss(), weights, create_graph=True)
+                vector = [torch.ones_like(g) for g in grads]
+                torch.autograd.grad(grads, targets, grad_outputs=vector, allow_unused=True)
+
+            return fn
+
+        return {
+            "Bw": backward(weights),
+            "Ba": backward(alphas),
+            "B": backward(weights + alphas),
+            "Bg": lambda: torch.autograd.grad(loss(), weights, create_graph=True),
+            "Sw": second(weights),
+            "Sa": second(alphas),
+        }[kind]
+
+    forward = count(loss)["flops"]
+    kinds = {"F": forward}
+    for kind in ("Bw", "Ba", "B", "Bg"):
+        kinds[kind] = count(run(kind))["flops"] - forward
+    for kind in ("Sw", "Sa"):
+        kinds[kind] = count(run(kind))["by_phase"]["second_order"]["flops"]
+    return kinds
+
+
+def floor_flops(passes: Counter, kinds: dict[str, int]) -> int:
+    return sum(number * kinds[kind] for kind, number in passes.items())
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -350,7 +386,7 @@ LIBC = _libc()
 
 
 class Memory:
-    """Peak memory of a row: CUDA allocator statistics or the process's resident set."""
+    """Peak memory of a row: the CUDA allocator's statistics or the process's resident set."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -390,6 +426,7 @@ class Memory:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
+            self.reserved_base = torch.cuda.memory_reserved(self.device)
             return
         if LIBC is not None:
             LIBC.malloc_trim(0)  # give freed heap back, so the next row's growth is visible
@@ -399,292 +436,348 @@ class Memory:
         else:
             self.base = self._maxrss()
 
-    def peak_mb(self) -> float:
+    def peak(self) -> dict:
+        mb = 2**20
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method == "vmhwm_reset":
-            peak = self._status("VmHWM")
-        else:
-            peak = self._maxrss()
-        return max(peak - self.base, 0) / 2**20
+            allocated = torch.cuda.max_memory_allocated(self.device) - self.base
+            reserved = torch.cuda.max_memory_reserved(self.device) - self.reserved_base
+            return dict(peak_memory_mb=allocated / mb, peak_reserved_mb=max(reserved, 0) / mb)
+        peak = self._status("VmHWM") if self.method == "vmhwm_reset" else self._maxrss()
+        return dict(peak_memory_mb=max(peak - self.base, 0) / mb, peak_reserved_mb=None)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Timer:
+    """Seconds of one call: CUDA events and a synchronize on a GPU, the host clock otherwise;
+    and on a CPU the process's CPU seconds over the call (None on a GPU), which other processes
+    on a shared machine do not inflate the way they inflate the clock."""
 
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
 
-def timed(fn, warmup: int, repeats: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
+    def __call__(self, fn) -> tuple[float, float | None]:
+        if not self.cuda:
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            return time.perf_counter() - start, time.process_time() - cpu
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(self.device)
+        begin.record()
         fn()
-    sync(device)
-    times = []
+        end.record()
+        torch.cuda.synchronize(self.device)
+        return begin.elapsed_time(end) / 1000, None
+
+
+def _ratios(steps: list, units: list) -> list[float]:
+    return [s / ((a + b) / 2) for s, a, b in zip(steps, units, units[1:])]
+
+
+def interleaved(unit, step, repeats: int, timer: Timer) -> dict:
+    """unit, step, unit, ..., step, unit: each step over the mean of the units around it, by the
+    clock (``time_units``) and, on a CPU, by CPU time (``cpu_time_units``)."""
+    units = [timer(unit)]
+    steps = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        steps.append(timer(step))
+        units.append(timer(unit))
+    timing = {}
+    for name, index in (("time", 0), ("cpu_time", 1)):
+        step_times, unit_times = [t[index] for t in steps], [t[index] for t in units]
+        if step_times[0] is None:
+            timing.update({f"{name}_units": None, f"{name}_unit_ratios": None})
+            continue
+        ratios = _ratios(step_times, unit_times)
+        prefix = "" if name == "time" else "cpu_"
+        timing.update(
+            {
+                f"{prefix}seconds_per_step": statistics.median(step_times),
+                f"{prefix}unit_seconds": statistics.median(unit_times),
+                f"{name}_units": statistics.median(ratios),
+                f"{name}_units_min": min(ratios),
+                f"{name}_units_max": max(ratios),
+                f"{name}_unit_ratios": ratios,
+            }
+        )
+    return timing
 
 
-def make_data(cfg: dict, device: torch.device):
-    g = torch.Generator().manual_seed(cfg["seed"])
-    shape = (cfg["batch_size"], 3, cfg["image_size"], cfg["image_size"])
+def make_data(cfg: PerfConfig, device: torch.device):
+    g = torch.Generator().manual_seed(cfg.seed)
+    shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+
+    def images():
+        x = torch.randn(shape, generator=g).to(device)
+        return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
     def labeled():
         return [
-            (
-                torch.randn(shape, generator=g).to(device),
-                torch.randint(0, cfg["num_classes"], (cfg["batch_size"],), generator=g).to(device),
-            )
-            for _ in range(cfg["batches"])
+            (images(), torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device))
+            for _ in range(cfg.batches)
         ]
 
     train, val = labeled(), labeled()
-    unlabeled = [torch.randn(shape, generator=g).to(device) for _ in range(cfg["batches"])]
-    return train, val, unlabeled
+    return train, val, [images() for _ in range(cfg.batches)]
 
 
-def make_net(cfg: dict):
-    from sgl_betty.search_space import SearchNetwork
+def recipe_config(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: torch.device):
+    """The recipes' run config of this row (their builders, optimizers and schedules)."""
+    from sgl_betty.experiment.config import ConfigError, load_config
 
-    return SearchNetwork(
-        cfg["init_channels"],
-        cfg["num_classes"],
-        cfg["layers"],
-        steps=cfg["steps"],
-        multiplier=cfg["steps"],
-    )
-
-
-def make_arch(cfg: dict):
-    from sgl_betty.search_space import Architecture
-
-    return Architecture(steps=cfg["steps"], multiplier=cfg["steps"])
-
-
-class ForwardCounter:
-    """Counts forward calls of the given networks (a check of the derived forward count)."""
-
-    def __init__(self, nets):
-        self.count = 0
-        self.handles = [net.register_forward_pre_hook(self._hook) for net in nets]
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def prime(cfg: dict, device: torch.device, data) -> None:
-    """Load every module and run one forward and backward before any row is measured, so that
-    one-time costs (imports, allocator and thread-pool set-up) fall on no row."""
-    import sgl_betty.engine  # noqa: F401  (Betty and the problems)
-
-    net, arch = make_net(cfg).to(device), make_arch(cfg).to(device)
-    x, y = data[0][0]
-    F.cross_entropy(net(x, arch()), y).backward()
-    sync(device)
-    primer = dict(cfg, init_channels=1, layers=1, steps=1)
-    engine = build_engine(1, "darts", primer, device, data)[0]
-    engine.step()
-    sync(device)
-
-
-def measure_unit(cfg: dict, device: torch.device, data, memory: Memory) -> dict:
-    torch.manual_seed(cfg["seed"])
-    memory.start()
-    net, arch = make_net(cfg).to(device), make_arch(cfg).to(device)
-    x, y = data[0][0]
-    if cfg["channels_last"]:
-        net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    params = list(net.parameters()) + list(arch.parameters())
-    counter = ForwardCounter([net])
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["bf16"]):
-            loss = F.cross_entropy(net(x, arch()), y)
-        loss.backward()
-        for p in params:
-            p.grad = None
-
-    times = timed(step, cfg["warmup"], cfg["repeats"], device)
-    forwards = counter.count / (cfg["warmup"] + cfg["repeats"])
-    counter.remove()
-    peak = memory.peak_mb()
-    return dict(times=times, forwards_observed=forwards, peak_memory_mb=peak)
-
-
-def measure_engine(K: int, hypergrad: str, cfg: dict, device: torch.device, data, memory):
-    torch.manual_seed(cfg["seed"])
-    memory.start()
-    engine, learners = build_engine(K, hypergrad, cfg, device, data)
-    nets = [
-        net for learner in learners for net in (learner.v_net, learner.w_net) if net is not None
+    overrides = [
+        "preset=paper",
+        f"device={device.type}",
+        f"learners={K}",
+        f"hypergrad.type={'unrolled' if hypergrad == 'unrolled_exact' else hypergrad}",
+        f"hypergrad.unrolled_exact={hypergrad == 'unrolled_exact'}",
+        f"hypergrad.neumann_iterations={cfg.neumann_iterations}",
+        f"hypergrad.cg_iterations={cfg.cg_iterations}",
+        f"search.method={space}",
+        f"search.init_channels={cfg.init_channels}",
+        f"search.layers={cfg.layers}",
+        f"search.steps={cfg.steps}",
+        f"search.batch_size={cfg.batch_size}",
+        "search.arch_warmup_epochs=0",
+        f"search.pseudo_label_arch_grad={cfg.pseudo_label_arch_grad}",
+        f"search.detach_pseudo_labels={cfg.detach_pseudo_labels}",
+        f"search.precision={'bf16' if cfg.bf16 else 'fp32'}",
+        f"search.channels_last={cfg.channels_last}",
+        "data.dataset=synthetic",
+        "data.unlabeled=synthetic",
+        f"data.image_size={cfg.image_size}",
     ]
-    for _ in range(cfg["warmup"]):
-        engine.step()
-    counter = ForwardCounter(nets)
-    times = timed(engine.step, 0, cfg["repeats"], device)
-    forwards = counter.count / cfg["repeats"]
-    counter.remove()
-    peak = memory.peak_mb()
-    del engine, learners, nets
-    return dict(times=times, forwards_observed=forwards, peak_memory_mb=peak)
+    try:
+        return load_config(overrides)
+    except ConfigError as error:
+        raise UsageError(f"{space}: {error}") from None
 
 
-def build_engine(K: int, hypergrad: str, cfg: dict, device: torch.device, data):
-    from sgl_betty import HypergradConfig, Learner, SGLConfig, build_sgl_engine
+def build_learners(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: torch.device):
+    from sgl_betty.experiment.methods import search_method, search_stages, stage_learners
 
-    learners = [
-        Learner(make_arch(cfg), make_net(cfg) if K > 1 else None, make_net(cfg)) for _ in range(K)
-    ]
-    config = SGLConfig(
-        hypergrad=HypergradConfig(
-            type=hypergrad,
-            neumann_iterations=cfg["neumann_iterations"],
-            cg_iterations=cfg["cg_iterations"],
-        ),
-        pseudo_label_arch_grad=cfg["pseudo_label_arch_grad"],
-        detach_pseudo_labels=cfg["detach_pseudo_labels"],
-        autocast_dtype=torch.bfloat16 if cfg["bf16"] else None,
-        channels_last=cfg["channels_last"],
-    )
+    run = recipe_config(space, K, hypergrad, cfg, device)
+    learners = stage_learners(run, cfg.num_classes, search_stages(run)[0], total_steps=10**6)
+    hook = search_method(space).on_step
+    if hook is not None:
+        hook(learners, cfg.progress)
+    return run, learners
+
+
+def build_engine(space: str, K: int, hypergrad: str, cfg: PerfConfig, device, data):
+    from sgl_betty.engine import build_sgl_engine
+    from sgl_betty.experiment.config import sgl_config
+
+    run, learners = build_learners(space, K, hypergrad, cfg, device)
     train, val, unlabeled = data
     engine = build_sgl_engine(
         learners,
         train,
         val,
         unlabeled if K > 1 else None,
-        config,
+        sgl_config(run),
         train_iters=10**9,
         device=device,
     )
     return engine, learners
 
 
+class Unit:
+    """One supernet forward and backward (into weights and architecture) of a space's W network."""
+
+    def __init__(self, space: str, cfg: PerfConfig, device: torch.device, batch):
+        torch.manual_seed(cfg.seed)
+        _, (learner,) = build_learners(space, 1, "first_order", cfg, device)
+        self.net, self.arch = learner.w_net.to(device), learner.arch.to(device)
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.batch = batch
+        self.bf16 = cfg.bf16
+        self.device = device
+        self.params = list(self.net.parameters()) + list(self.arch.parameters())
+
+    def __call__(self) -> None:
+        x, y = self.batch
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.net(x, self.arch()), y)
+        loss.backward()
+        for p in self.params:
+            p.grad = None
+
+
+def backend_flags() -> dict:
+    """TF32 and cuDNN settings in force (the per-backend fp32_precision API where it exists)."""
+    flags = {"cudnn.benchmark": torch.backends.cudnn.benchmark}
+    for name in ("cuda.matmul", "cudnn.conv", "mkldnn.conv", "mkldnn.matmul"):
+        node = torch.backends
+        for part in name.split("."):
+            node = getattr(node, part, None)
+        if node is not None and hasattr(node, "fp32_precision"):
+            flags[f"{name}.fp32_precision"] = node.fp32_precision
+    if len(flags) == 1:  # PyTorch < 2.9: the legacy flags
+        flags["cudnn.allow_tf32"] = torch.backends.cudnn.allow_tf32
+        flags["cuda.matmul.allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return flags
+
+
+def prime(cfg: PerfConfig, device: torch.device, data) -> None:
+    """One tiny engine step before any row, so that one-time costs (imports, allocator and
+    thread-pool set-up) fall on no row."""
+    primer = PerfConfig(**dict(asdict(cfg), init_channels=4, layers=3, steps=1))
+    build_engine("darts", 1, "darts", primer, device, data)[0].step()
+
+
+def measure_unit(space: str, cfg: PerfConfig, device, data, memory: Memory) -> tuple[Unit, dict]:
+    memory.start()
+    unit = Unit(space, cfg, device, data[0][0])
+    for _ in range(cfg.warmup):
+        unit()
+    counts = count(unit, [unit.net])
+    row = dict(method=space, K=1, hypergrad="none", **counts, **memory.peak())
+    row["pass_kind_flops"] = measure_pass_kinds(unit.net, unit.arch, unit.batch)
+    return unit, row
+
+
+def measure_row(space, K, hypergrad, cfg, device, data, unit, unit_row, memory) -> dict:
+    torch.manual_seed(cfg.seed)
+    memory.start()
+    engine, learners = build_engine(space, K, hypergrad, cfg, device, data)
+    networks = [net for ln in learners for net in (ln.v_net, ln.w_net) if net is not None]
+    for _ in range(cfg.warmup):
+        engine.step()
+    counts = count(engine.step, networks)
+    peak = memory.peak()
+    timing = interleaved(unit, engine.step, cfg.repeats, Timer(device))
+    flop_units = counts["flops"] / unit_row["flops"]
+    floor = floor_passes(K, hypergrad, cfg)
+    del engine, learners, networks
+    return dict(
+        method=space,
+        K=K,
+        hypergrad=hypergrad,
+        **timing,
+        flop_units=flop_units,
+        overhead=timing["time_units"] / flop_units,
+        cpu_overhead=timing["cpu_time_units"] / flop_units if timing["cpu_time_units"] else None,
+        floor_units=floor_flops(floor, unit_row["pass_kind_flops"]) / unit_row["flops"],
+        floor_passes=dict(floor),
+        **counts,
+        **peak,
+    )
+
+
 # ----------------------------------------------------------------------------- output
 
 
-def _int_or_float(value: float):
-    return int(value) if float(value).is_integer() else value
-
-
 def markdown_table(rows: list[dict]) -> str:
-    header = (
-        "| method | K | hypergrad | seconds_per_step | passes | passes_floor | overhead "
-        "| forwards (derived / observed) | peak_memory_mb |"
-    )
-    lines = [header, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| method | K | hypergrad | s/step | time units (min-max) | CPU-time units (min-max) "
+        "| FLOP units | floor units | overhead | forwards | backwards | second-order | aten ops "
+        "| peak MB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
+    ]
+
+    def spread(r, name):
+        if r.get(f"{name}_units") is None:
+            return "-"
+        low, high = r[f"{name}_units_min"], r[f"{name}_units_max"]
+        return f"{r[f'{name}_units']:.2f} ({low:.2f}-{high:.2f})"
+
     for r in rows:
+        if r["hypergrad"] == "none":
+            timing = f"| {r['unit_seconds']:.4f} | 1 | 1 | 1 | 1 | 1"
+        else:
+            timing = (
+                f"| {r['seconds_per_step']:.4f} | {spread(r, 'time')} | {spread(r, 'cpu_time')} "
+                f"| {r['flop_units']:.2f} | {r['floor_units']:.2f} | {r['overhead']:.2f}"
+            )
         lines.append(
-            f"| {r['method']} | {r['K']} | {r['hypergrad']} | {r['seconds_per_step']:.4f} "
-            f"| {r['passes']} | {r['passes_floor']} | {r['overhead']:.2f} "
-            f"| {r['forwards']} / {r['forwards_observed']} | {r['peak_memory_mb']:.1f} |"
+            f"| {r['method']} | {r['K']} | {r['hypergrad']} {timing} | {r['forwards']} "
+            f"| {r['backwards']} | {r['second_order']} | {r['aten_ops']} "
+            f"| {r['peak_memory_mb']:.0f} |"
         )
     return "\n".join(lines)
 
 
-def run(cfg: dict) -> dict:
-    device_name = cfg["device"]
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("device=cuda but no CUDA device is visible")
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    threads = torch.get_num_threads()
+    return device
+
+
+def log(message: str) -> None:
+    print(f"perf: {message}", file=sys.stderr, flush=True)
+
+
+def run(cfg: PerfConfig) -> dict:
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    load_before = os.getloadavg()
     memory = Memory(device)
     data = make_data(cfg, device)
     prime(cfg, device, data)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    log(f"perf: device={device} threads={threads} memory={memory.method}")
-    unit = measure_unit(cfg, device, data, memory)
-    unit_fwd_bwd = statistics.median(unit["times"])
-    unit_seconds = unit_fwd_bwd / 2  # per pass: the unit is one forward and one backward
-    rows = [
-        dict(
-            method="supernet",
-            K=1,
-            hypergrad="none",
-            seconds_per_step=unit_fwd_bwd,
-            passes=2,
-            overhead=1.0,
-            peak_memory_mb=unit["peak_memory_mb"],
-            passes_floor=2,
-            forwards=1,
-            forwards_observed=_int_or_float(unit["forwards_observed"]),
-        )
-    ]
-    log(f"perf: unit (forward + backward) {unit_fwd_bwd:.4f} s")
-    for K in cfg["learners"]:
-        for hypergrad in cfg["hypergrad"]:
-            current = current_passes(K, hypergrad, cfg)
-            floor = floor_passes(K, hypergrad, cfg)
-            result = measure_engine(K, hypergrad, cfg, device, data, memory)
-            seconds = statistics.median(result["times"])
-            rows.append(
-                dict(
-                    method="single" if K == 1 else "sgl",
-                    K=K,
-                    hypergrad=hypergrad,
-                    seconds_per_step=seconds,
-                    passes=current.passes,
-                    overhead=seconds / (current.passes * unit_seconds),
-                    peak_memory_mb=result["peak_memory_mb"],
-                    passes_floor=floor.passes,
-                    forwards=current.F,
-                    forwards_observed=_int_or_float(result["forwards_observed"]),
-                    passes_by_part=current.parts,
+    log(f"device={device} threads={torch.get_num_threads()} memory={memory.method}")
+    rows = []
+    for space in cfg.spaces:
+        unit, unit_row = measure_unit(space, cfg, device, data, memory)
+        unit_row["unit_seconds"] = statistics.median(Timer(device)(unit)[0] for _ in range(3))
+        rows.append(unit_row)
+        log(f"{space}: unit {unit_row['unit_seconds']:.4f} s, {unit_row['flops']:.3g} FLOP")
+        for K in cfg.learners:
+            for hypergrad in cfg.hypergrad:
+                row = measure_row(space, K, hypergrad, cfg, device, data, unit, unit_row, memory)
+                rows.append(row)
+                log(
+                    f"{space} K={K} {hypergrad}: {row['seconds_per_step']:.3f} s/step = "
+                    f"{row['time_units']:.2f} units (CPU time {row['cpu_time_units'] or 0:.2f}; "
+                    f"{row['flop_units']:.2f} by FLOPs, floor "
+                    f"{row['floor_units']:.2f}), peak {row['peak_memory_mb']:.0f} MB"
                 )
-            )
-            log(
-                f"perf: K={K} {hypergrad}: {seconds:.4f} s/step, {current.passes} passes "
-                f"(floor {floor.passes})"
-            )
+        del unit
     return dict(
-        unit_seconds=unit_seconds,
-        unit_fwd_bwd_seconds=unit_fwd_bwd,
+        config=asdict(cfg),
         device=str(device),
-        threads=threads,
-        memory_method=memory.method,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        machine=f"{platform.machine()} {platform.processor()}".strip(),
+        cpu_count=os.cpu_count(),
+        threads=torch.get_num_threads(),
         torch=torch.__version__,
-        config={k: v for k, v in cfg.items()},
-        applied_flags={"channels_last": cfg["channels_last"], "bf16": cfg["bf16"]},
+        backend_flags=backend_flags(),
+        load_average_before=list(load_before),
+        load_average_after=list(os.getloadavg()),
+        memory_method=memory.method,
         rows=rows,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
-        result = run(cfg)
+        result = run(load(argv))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     cfg = result["config"]
     print(
         f"# SGL step cost: preset={cfg['preset']} C={cfg['init_channels']} layers={cfg['layers']} "
-        f"steps={cfg['steps']} {cfg['image_size']}x{cfg['image_size']} "
-        f"batch={cfg['batch_size']} classes={cfg['num_classes']} device={result['device']} "
-        f"threads={result['threads']} repeats={cfg['repeats']} warmup={cfg['warmup']}"
+        f"nodes={cfg['steps']} {cfg['image_size']}px batch={cfg['batch_size']} "
+        f"classes={cfg['num_classes']} device={result['device']} threads={result['threads']} "
+        f"repeats={cfg['repeats']} warmup={cfg['warmup']}"
     )
-    print(
-        f"# unit: supernet forward + backward {result['unit_fwd_bwd_seconds']:.4f} s, "
-        f"per pass {result['unit_seconds']:.4f} s; memory: {result['memory_method']}"
+    load_text = " / ".join(
+        ", ".join(f"{x:.2f}" for x in result[key])
+        for key in ("load_average_before", "load_average_after")
     )
-    if cfg["channels_last"] or cfg["bf16"]:
-        print(
-            f"# channels_last={cfg['channels_last']} bf16 autocast={cfg['bf16']} (unit and steps)"
-        )
+    print(f"# load average (1, 5, 15 min) before / after: {load_text}")
+    print(f"# backend flags: {result['backend_flags']}; memory: {result['memory_method']}")
     print()
     print(markdown_table(result["rows"]))
     print()

@@ -79,7 +79,9 @@ def record_unrolled_steps(config: SGLConfig, v_stages, w_stages) -> None:
         if pre_step:
             check_unrollable(stage.optimizer, stage.name)
         stage.step_recorder = StepRecorder(
-            keep_weights=pre_step, through_clipping=stage.role == "v"
+            keep_weights=pre_step,
+            through_clipping=stage.role == "v",
+            keep_direction=stage.role == "w",
         )
 
 

@@ -172,15 +172,100 @@ class OneSweep:
             self._plan = self._sweep_plan()
         successors, order = self._plan
         vectors, grads = self._validation(successors)
+        labels = PseudoLabelInputs()
         for lower in order:
+            if lower.role == "v":  # the gradients its pseudo-labels received, through their graph
+                labels.backpropagate(lower.learner, vectors, grads)
             if lower not in vectors:
                 continue
-            union = ProblemUnion(successors[lower])
+            direct, via_labels = _split_successors(lower, successors[lower])
+            inputs = labels.inputs_of(lower, via_labels) if via_labels else None
+            union = ProblemUnion(direct + ([inputs] if inputs else []))
             solver = jvp_fn_mapping[lower.config.type]
-            implicit = solver(vectors[lower], lower, union, False)
+            with lower.given_pseudo_labels(inputs.leaves) if inputs else nullcontext():
+                implicit = solver(vectors[lower], lower, union, False)
             for target, part in union.split(implicit):
-                _add(grads if target.role == "arch" else vectors, target, part)
+                if isinstance(target, StageLabelInputs):
+                    labels.receive(target, part)
+                else:
+                    _add(grads if target.role == "arch" else vectors, target, part)
+        labels.backpropagate_all(vectors, grads)
         self.arch_grads = {arch.learner: grads[arch] for arch in self.arch_stages}
+
+
+def _split_successors(lower, successors):
+    """Of the problems a W stage's paths continue to, those its loss reaches only through its
+    peers' pseudo-labels (their V stages and architectures), and the others."""
+    if lower.role != "w" or not lower.peers:
+        return list(successors), []
+    peers = {peer.learner for peer in lower.peers}
+    via_labels = [s for s in successors if s.learner in peers and s.role in ("v", "arch")]
+    return [s for s in successors if s not in via_labels], via_labels
+
+
+class StageLabelInputs:
+    """A W stage's peers' pseudo-labels as the leaves its solver differentiates towards (in the
+    place of the peers' V stages and architectures, which the labels' graphs lead to)."""
+
+    def __init__(self, leaves: dict[int, torch.Tensor]):
+        self.learners = sorted(leaves)
+        self.leaves = leaves
+
+    def trainable_parameters(self):
+        return [self.leaves[k] for k in self.learners]
+
+
+class PseudoLabelInputs:
+    """The W losses' pseudo-labels as inputs during one sweep.
+
+    A W stage's solver re-evaluates its loss with the peers' pseudo-labels as constant leaves
+    (their values without a graph, computed once per step) and differentiates towards them
+    instead of towards the peers' V stages and architectures. The gradients the labels receive
+    are linear in what each solver sends, so they add up over the W stages; one forward and one
+    backward through each learner's labels' graph then carry the sum to V_k and A_k, exactly the
+    chain rule the solvers would otherwise apply through K - 1 graphs each, per perturbation
+    and alive during their re-evaluations. One label graph is alive at a time, never during a
+    solver's own work.
+    """
+
+    def __init__(self):
+        self.leaves: dict[int, torch.Tensor] = {}
+        # learner -> (a W stage it labels for, its Peer there, the problems its labels lead to)
+        self.sources: dict[int, tuple] = {}
+        self.received: dict[int, torch.Tensor] = {}
+
+    def inputs_of(self, stage, via_labels) -> StageLabelInputs:
+        for peer in stage.peers:
+            if peer.learner not in self.leaves:
+                values = stage.constant_pseudo_labels(peer).values
+                self.leaves[peer.learner] = values.detach().requires_grad_(True)
+                targets = [s for s in via_labels if s.learner == peer.learner]
+                self.sources[peer.learner] = (stage, peer, targets)
+        return StageLabelInputs({peer.learner: self.leaves[peer.learner] for peer in stage.peers})
+
+    def receive(self, inputs: StageLabelInputs, grads) -> None:
+        for k, grad in zip(inputs.learners, grads):
+            grad = grad.detach()
+            self.received[k] = grad if k not in self.received else self.received[k] + grad
+
+    def backpropagate(self, learner: int, vectors: dict, grads: dict) -> None:
+        """Learner ``learner``'s labels' graph, rebuilt, and the gradient they received carried
+        through it to the problems it leads to (V's vector, A's gradient)."""
+        if learner not in self.received:
+            return
+        stage, peer, targets = self.sources.pop(learner)
+        received = self.received.pop(learner)
+        params = [p for target in targets for p in target.trainable_parameters()]
+        found = torch.autograd.grad(
+            stage.pseudo_label_graph(peer), params, grad_outputs=received, allow_unused=True
+        )
+        found = [torch.zeros_like(p) if g is None else g for g, p in zip(found, params)]
+        for target, part in ProblemUnion(targets).split(found):
+            _add(grads if target.role == "arch" else vectors, target, part)
+
+    def backpropagate_all(self, vectors: dict, grads: dict) -> None:
+        for learner in list(self.received):
+            self.backpropagate(learner, vectors, grads)
 
 
 class BettyPaths:

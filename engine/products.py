@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
+from sgl_betty.runtime import RandomState
+
 
 def dot(xs, ys) -> torch.Tensor:
     return sum((x * y).sum() for x, y in zip(xs, ys))
@@ -33,22 +35,6 @@ def weights_set_to(params, values):
             p.data = original
 
 
-class _RandomReplay:
-    """Makes two evaluations of a loss draw the same random numbers (dropout masks), so that a
-    finite difference sees the perturbation and not two different masks."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.cpu_state = torch.get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
-        self.device = device
-
-    def replay(self) -> None:
-        torch.set_rng_state(self.cpu_state)
-        if self.cuda:
-            torch.cuda.set_rng_state(self.cuda_state, self.device)
-
-
 def finite_difference_product(loss_fn, params, targets, vector, radius: float):
     """(d^2 L / d targets d params) v by central differences, as DARTS takes it:
     (grad_targets L(w + eps v) - grad_targets L(w - eps v)) / (2 eps), eps = radius / ||v||.
@@ -59,7 +45,8 @@ def finite_difference_product(loss_fn, params, targets, vector, radius: float):
     norm = torch.sqrt(dot(vector, vector))
     eps = radius / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny)
     base = [p.data for p in params]
-    replay = _RandomReplay(base[0].device)
+    # The same random draws (dropout masks) on both sides: the difference sees the perturbation.
+    replay = RandomState(base[0].device)
     with torch.no_grad():
         plus = [w + eps * v for w, v in zip(base, vector)]
     with weights_set_to(params, plus):

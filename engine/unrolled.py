@@ -76,9 +76,12 @@ class StepRecorder:
 
     keep_weights: bool
     through_clipping: bool = False
+    # The SGD direction rebuilds the one-step weights, where only W's validation gradient is taken.
+    keep_direction: bool = True
 
     def __call__(self, problem) -> StepRecord:
-        record = record_step(problem.optimizer, problem.trainable_parameters(), self.keep_weights)
+        params = problem.trainable_parameters()
+        record = record_step(problem.optimizer, params, self.keep_weights, self.keep_direction)
         record.through_clipping = self.through_clipping
         return record
 
@@ -114,11 +117,15 @@ def check_unrollable(optimizer: torch.optim.Optimizer, name: str) -> None:
 
 
 @torch.no_grad()
-def record_step(optimizer: torch.optim.Optimizer, params, keep_weights: bool) -> StepRecord:
+def record_step(
+    optimizer: torch.optim.Optimizer, params, keep_weights: bool, keep_direction: bool = True
+) -> StepRecord:
     """Called between the backward pass and ``optimizer.step()``, grads unclipped."""
     sizes = step_sizes(optimizer, params)
     if not keep_weights:
         return StepRecord(sizes)
+    if not keep_direction:
+        return StepRecord(sizes, [param.detach().clone() for param in params])
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     weights, direction = [], []
     for param in params:

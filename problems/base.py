@@ -130,6 +130,13 @@ class SGLStage(ImplicitProblem):
         if self.descending:
             self.last_metrics.update({k: v.detach() for k, v in metrics.items() if v is not None})
 
+    def architecture_weights(self, architecture) -> object:
+        """What ``architecture()`` returns, detached during this stage's own descent: its backward
+        never reaches the architecture (Betty's first-order descent), and the forward then saves
+        less for it (no op outputs kept for the architecture's gradient)."""
+        weights = architecture()
+        return detach_tree(weights) if self.descending and self._first_order else weights
+
     def weight_penalty(self) -> torch.Tensor | float:
         if self.sgl.l2_in_loss == 0:
             return 0.0

@@ -17,7 +17,7 @@ class VStage(SGLStage):
 
     def training_step(self, batch):
         x, y = batch
-        logits = self.network()(x, self.architecture())
+        logits = self.network()(x, self.architecture_weights(self.architecture))
         loss = self.sgl.labeled_loss(logits, y)
         self.record(train_loss=loss, train_acc=accuracy(logits, y))
         return loss + self.weight_penalty()

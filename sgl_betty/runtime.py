@@ -10,6 +10,10 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process's environment; wit
 more than one process the run joins a process group (gloo on CPU, nccl on CUDA) and every
 collective of the context reaches all ranks. Without those variables everything is a
 single-process no-op, so the same code runs unchanged on one device.
+
+Two more a computation asks of the process state: which random numbers it draws
+(``RandomState``, to draw them again) and which arithmetic its float32 work gets
+(``float32_arithmetic``: autocast and TF32-style switches).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import platform
 import random
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,3 +214,63 @@ def weights_checksum(module: nn.Module) -> str:
             tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
         )
     return digest.hexdigest()
+
+
+class RandomState:
+    """The random number generators' state of a device (and the CPU's) at one moment, to draw
+    the same numbers (dropout masks) again: ``replay()`` returns the generators to it; inside
+    ``replayed()`` they are there and afterwards back where they were."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(self.device) if self.cuda else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+
+    @contextmanager
+    def replayed(self):
+        now = RandomState(self.device)
+        self.replay()
+        try:
+            yield
+        finally:
+            now.replay()
+
+
+# The switches that decide a float32 convolution's or matrix product's arithmetic, per device type.
+_FLOAT32_BACKENDS = {"cuda": ("cudnn.conv", "cuda.matmul"), "cpu": ("mkldnn.conv", "mkldnn.matmul")}
+
+
+def float32_arithmetic(device_type: str) -> tuple:
+    """What decides the numbers float32 work on ``device_type`` gives right now: autocast (off, or
+    its dtype) and the float32 precision of the device's convolution and matmul backends. Two
+    computations with equal values compute the same numbers."""
+    try:
+        autocast = torch.is_autocast_enabled(device_type)
+    except TypeError:  # PyTorch < 2.4
+        autocast = torch.is_autocast_enabled() if device_type == "cuda" else False
+    dtype = str(torch.get_autocast_dtype(device_type)) if autocast else None
+    if not hasattr(torch.backends, "fp32_precision"):  # PyTorch < 2.9: the legacy flags
+        legacy = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+        return (dtype, *(legacy if device_type == "cuda" else ()))
+    return (dtype, *(_effective_precision(name) for name in _FLOAT32_BACKENDS.get(device_type, ())))
+
+
+def _effective_precision(name: str) -> str:
+    """A backend's fp32_precision, "none" resolved through its parents (IEEE when none is set)."""
+    parts = name.split(".")
+    while parts:
+        node = torch.backends
+        for part in parts:
+            node = getattr(node, part, None)
+        value = getattr(node, "fp32_precision", "none")
+        if value != "none":
+            return value
+        parts.pop()
+    root = torch.backends.fp32_precision
+    return "ieee" if root == "none" else root

@@ -1,5 +1,5 @@
-"""benchmarks/perf.py: runs end to end at a tiny size and reports every promised field and row,
-with pass counts that follow the derivation in its docstring."""
+"""benchmarks/perf.py: every field it reports, its counts observed (a change in the computation
+changes them), FLOPs against torch's counter, the interleaved timing, its command line."""
 
 from __future__ import annotations
 
@@ -11,36 +11,45 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "perf.py"
-HYPERGRADS = ["first_order", "darts", "unrolled", "neumann", "cg"]
+HYPERGRADS = [
+    "first_order",
+    "darts",
+    "unrolled",
+    "unrolled_post_step",
+    "neumann",
+    "cg",
+    "unrolled_exact",
+]
 ROW_FIELDS = {
     "method",
     "K",
     "hypergrad",
     "seconds_per_step",
-    "passes",
+    "unit_seconds",
+    "time_units",
+    "time_units_min",
+    "time_units_max",
+    "time_unit_ratios",
+    "cpu_time_units",
+    "cpu_overhead",
+    "flop_units",
     "overhead",
-    "peak_memory_mb",
-    "passes_floor",
+    "floor_units",
+    "floor_passes",
     "forwards",
-    "forwards_observed",
-}
-# The docstring's totals (neumann_iterations = cg_iterations = 1; unrolled is Neumann with 0).
-# By hand from the module docstring's "Current code" (one-sweep hypergradient):
-# base = V K(F+B) + W (3K F + 2K B) + arch K(F+B); per w_j solve with s_w = 2 + (K-1) forwards
-# and n_W + K - 1 = K + 1 backwards: finite differences 2 (s_w + K + 1), neumann/cg(1)
-# s_w + K + 1 + 2*2*2; per v_k: 4 (finite differences) or 6 (neumann/cg(1)).
-DERIVED = {
-    1: dict(first_order=4, darts=8, unrolled=8, neumann=10, cg=10),
-    2: dict(first_order=18, darts=50, unrolled=50, neumann=58, cg=58),
-    3: dict(first_order=27, darts=87, unrolled=87, neumann=93, cg=93),
-}
-FLOOR = {
-    1: dict(first_order=4, darts=8, unrolled=8, neumann=10, cg=10),
-    2: dict(first_order=18, darts=44, unrolled=44, neumann=56, cg=56),
-    3: dict(first_order=27, darts=66, unrolled=66, neumann=84, cg=84),
+    "backwards",
+    "second_order",
+    "aten_ops",
+    "flops",
+    "by_phase",
+    "peak_memory_mb",
+    "peak_reserved_mb",
 }
 
 
@@ -52,102 +61,200 @@ def load_perf():
     return module
 
 
+perf = load_perf()
+
+
 @pytest.fixture(scope="module")
 def report():
     command = [
         sys.executable,
         str(SCRIPT),
         "preset=tiny",
-        "init_channels=4",
-        "layers=3",
-        "image_size=8",
-        "batch_size=4",
-        "num_classes=10",
-        "repeats=2",
-        "warmup=1",
-        "learners=1,2",
-        "hypergrad=" + ",".join(HYPERGRADS),
+        "spaces=[darts]",
+        "learners=[1,2]",
+        f"hypergrad=[{','.join(HYPERGRADS)}]",
+        "repeats=1",
+        "warmup=0",
         "threads=1",
-        "--device",
-        "cpu",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
-    lines = done.stdout.strip().splitlines()
-    return done.stdout, json.loads(lines[-1])
+    return done.stdout, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rows_of(result):
+    return {(r["K"], r["hypergrad"]): r for r in result["rows"] if r["hypergrad"] != "none"}
 
 
 @pytest.mark.slow
 def test_every_field_and_row(report):
     stdout, result = report
-    assert result["unit_seconds"] > 0
-    assert math.isclose(result["unit_fwd_bwd_seconds"], 2 * result["unit_seconds"])
-    assert result["threads"] == 1
-    assert result["config"]["channels_last"] is False and result["config"]["bf16"] is False
-    keys = [(row["method"], row["K"], row["hypergrad"]) for row in result["rows"]]
-    expected = [("supernet", 1, "none")]
-    expected += [("single", 1, h) for h in HYPERGRADS] + [("sgl", 2, h) for h in HYPERGRADS]
-    assert keys == expected
-    for row in result["rows"]:
+    assert [(r["method"], r["K"], r["hypergrad"]) for r in result["rows"]] == [
+        ("darts", 1, "none"),
+        *[("darts", K, h) for K in (1, 2) for h in HYPERGRADS],
+    ]
+    assert result["threads"] == 1 and result["device"] == "cpu"
+    assert len(result["load_average_before"]) == 3 and len(result["load_average_after"]) == 3
+    assert "cudnn.benchmark" in result["backend_flags"]
+    unit = result["rows"][0]
+    assert unit["flops"] > 0 and unit["unit_seconds"] > 0 and unit["forwards"] == 1
+    assert set(unit["pass_kind_flops"]) == {"F", "Bw", "Ba", "B", "Bg", "Sw", "Sa"}
+    for row in rows_of(result).values():
         assert ROW_FIELDS <= set(row), row
-        assert row["seconds_per_step"] > 0
-        assert row["peak_memory_mb"] >= 0
-    assert "| method | K | hypergrad | seconds_per_step | passes |" in stdout
+        ratios = row["time_unit_ratios"]
+        assert len(ratios) == 1 and min(ratios) == row["time_units_min"]
+        assert row["time_units_min"] <= row["time_units"] <= row["time_units_max"]
+        assert math.isclose(row["flop_units"], row["flops"] / unit["flops"])
+        assert math.isclose(row["overhead"], row["time_units"] / row["flop_units"])
+        assert math.isclose(row["cpu_overhead"], row["cpu_time_units"] / row["flop_units"])
+        assert row["cpu_time_units_min"] <= row["cpu_time_units"] <= row["cpu_time_units_max"]
+        assert row["floor_units"] <= row["flop_units"] * (1 + 1e-9)
+        assert row["aten_ops"] == sum(p["aten_ops"] for p in row["by_phase"].values())
+        assert row["peak_memory_mb"] >= 0 and row["peak_reserved_mb"] is None
+    assert "| method | K | hypergrad | s/step | time units (min-max) |" in stdout
+    assert "load average" in stdout
 
 
 @pytest.mark.slow
-def test_passes_follow_the_derivation(report):
+def test_the_counts_follow_the_computation(report):
     _, result = report
-    rows = {
-        (row["K"], row["hypergrad"]): row for row in result["rows"] if row["method"] != "supernet"
-    }
-    for (K, hypergrad), row in rows.items():
-        assert isinstance(row["passes"], int) and row["passes"] > 0
-        assert row["passes"] == DERIVED[K][hypergrad]
-        assert row["passes_floor"] == FLOOR[K][hypergrad] <= row["passes"]
-        # The forward part of the derivation, checked against hooks on every network.
-        assert row["forwards_observed"] == row["forwards"]
-    assert rows[(2, "first_order")]["passes"] > rows[(1, "first_order")]["passes"]
+    rows = rows_of(result)
     for K in (1, 2):
-        for hypergrad in HYPERGRADS[1:]:
-            assert rows[(K, hypergrad)]["passes"] > rows[(K, "first_order")]["passes"]
-        assert rows[(K, "neumann")]["passes"] > rows[(K, "unrolled")]["passes"]
-    supernet = result["rows"][0]
-    assert supernet["passes"] == 2 and supernet["forwards_observed"] == 1
+        for h in ("first_order", "darts", "unrolled", "unrolled_post_step"):
+            assert rows[(K, h)]["second_order"] == 0  # first order, or finite differences
+            assert rows[(K, h)]["by_phase"]["second_order"]["flops"] == 0
+    # K = 1: W's descent, the validation backward (into W and A at once), then the solver:
+    # finite differences two backwards; Neumann (1 iteration) and CG (1) a create-graph backward,
+    # one HVP and the mixed product; exact unrolled a create-graph backward and the product.
+    assert [rows[(1, h)]["backwards"] for h in ("first_order", "darts", "neumann")] == [2, 4, 3]
+    assert [rows[(1, h)]["second_order"] for h in ("neumann", "cg", "unrolled_exact")] == [2, 2, 1]
+    assert rows[(1, "darts")]["forwards"] == 4
+    # K = 1 darts executes exactly its floor: no pass redone.
+    assert math.isclose(rows[(1, "darts")]["flop_units"], rows[(1, "darts")]["floor_units"])
+    # K = 2: 2 W and 2 V solves, each one HVP and one mixed product (Neumann, CG) or the
+    # product alone (exact unrolled); a product is one backward over all graphs of its loss.
+    assert rows[(2, "neumann")]["second_order"] == rows[(2, "cg")]["second_order"] == 4 * 2
+    assert rows[(2, "unrolled_exact")]["second_order"] == 4
+    # V 2, W 4 and their pseudo-labels 2, validation 2, the W solves' finite differences 8,
+    # each learner's rebuilt label graph 2, the V solves' finite differences 4.
+    assert rows[(2, "darts")]["forwards"] == 24
+    for h in HYPERGRADS[1:]:
+        assert rows[(2, h)]["flops"] > rows[(2, "first_order")]["flops"]
+        assert rows[(2, h)]["flops"] > rows[(1, h)]["flops"]
+
+
+def count_step(space, K, hypergrad, **overrides):
+    cfg = perf.load(["preset=tiny", *[f"{k}={v}" for k, v in overrides.items()]])
+    device = torch.device("cpu")
+    data = perf.make_data(cfg, device)
+    engine, learners = perf.build_engine(space, K, hypergrad, cfg, device, data)
+    engine.step()
+    networks = [net for ln in learners for net in (ln.v_net, ln.w_net) if net is not None]
+    return engine, learners, networks, lambda: perf.count(engine.step, networks), cfg, data
+
+
+def test_counts_are_observed_not_derived(monkeypatch):
+    *_, counted, cfg, data = count_step("darts", 1, "neumann")
+    one = counted()
+    *_, counted_twice, _, _ = count_step("darts", 1, "neumann", neumann_iterations=2)
+    two = counted_twice()
+    # One more Neumann iteration is one more Hessian-vector product, of exactly its FLOPs.
+    unit = perf.Unit("darts", cfg, torch.device("cpu"), data[0][0])
+    kinds = perf.measure_pass_kinds(unit.net, unit.arch, unit.batch)
+    assert two["second_order"] == one["second_order"] + 1
+    assert two["flops"] - one["flops"] == kinds["Sw"]
+    # A network that runs every forward twice: twice the forward convolutions.
+    engine, learners, _, counted, _, _ = count_step("darts", 1, "first_order")
+    before = counted()
+    w_net = learners[0].w_net
+    forward = type(w_net).forward
+    monkeypatch.setattr(w_net, "forward", lambda *a: (forward(w_net, *a), forward(w_net, *a))[1])
+    after = counted()
+    convs = before["by_phase"]["forward"]["convolutions"]
+    assert after["by_phase"]["forward"]["convolutions"] == 2 * convs
+    assert after["by_phase"]["backward"] == before["by_phase"]["backward"]
 
 
 @pytest.mark.slow
-def test_overhead_is_time_over_passes_times_unit(report):
-    _, result = report
-    unit = result["unit_seconds"]
-    for row in result["rows"]:
-        want = row["seconds_per_step"] / (row["passes"] * unit)
-        assert math.isclose(row["overhead"], want, rel_tol=1e-9), row
+@pytest.mark.parametrize("space", ["pc_darts", "p_darts", "darts_minus"])
+def test_rows_for_every_search_space(space, report):
+    cfg = perf.load(["preset=tiny", "warmup=0", "repeats=1"])
+    device = torch.device("cpu")
+    data = perf.make_data(cfg, device)
+    memory = perf.Memory(device)
+    unit, unit_row = perf.measure_unit(space, cfg, device, data, memory)
+    row = perf.measure_row(space, 1, "unrolled_exact", cfg, device, data, unit, unit_row, memory)
+    assert row["method"] == space and (row["backwards"], row["second_order"]) == (3, 1)
+    assert row["flop_units"] >= row["floor_units"] > 1
+    # Its own unit: PC-DARTS's ops see a quarter of the channels, DARTS- adds a skip per edge.
+    darts = report[1]["rows"][0]["flops"]
+    assert (unit_row["flops"] < darts) == (space == "pc_darts")
+    assert (unit_row["flops"] > darts) == (space == "darts_minus")
 
 
-def test_counts_beyond_the_run_and_options():
-    perf = load_perf()
-    cfg = perf.parse_args(["learners=3", "hypergrad=darts,neumann", "neumann_iterations=3"])
-    assert cfg["learners"] == [3] and cfg["hypergrad"] == ["darts", "neumann"]
-    base = perf.parse_args([])
-    for K, by_type in DERIVED.items():
-        for hypergrad, passes in by_type.items():
-            assert perf.current_passes(K, hypergrad, base).passes == passes
-            assert perf.floor_passes(K, hypergrad, base).passes == FLOOR[K][hypergrad]
-    # Each extra Neumann iteration adds one HVP (2 passes) per graph: 2 graphs per w solve, 1 per
-    # v solve, K of each.
-    more = (
-        perf.current_passes(2, "neumann", cfg).passes
-        - perf.current_passes(2, "neumann", base).passes
-    )
-    assert more == 2 * (2 * (2 * 2) + 2 * 2)
-    # Dropping the direct pseudo-label term costs the same sweep; detaching the labels saves the
-    # peer graphs and the V solves.
-    no_p3 = perf.parse_args(["pseudo_label_arch_grad=false"])
-    assert perf.current_passes(2, "darts", no_p3).passes == DERIVED[2]["darts"]
-    detached = perf.parse_args(["detach_pseudo_labels=true"])
-    assert perf.current_passes(2, "darts", detached).passes < DERIVED[2]["darts"]
-    flags = perf.parse_args(["--device=cuda", "channels_last=true", "--bf16", "yes"])
-    assert flags["device"] == "cuda" and flags["channels_last"] and flags["bf16"]
-    assert perf.main(["no_such_key=1"]) == 2
-    assert perf.main(["hypergrad=sgd"]) == 2
+def test_flops_match_torch_and_fix_grouped_weight_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 9, requires_grad=True)
+    dense = torch.nn.Conv2d(6, 4, 3, padding=1, bias=False)
+    with FlopCounterMode(display=False) as reference:
+        dense(x).sum().backward()
+    assert perf.count(lambda: dense(x).sum().backward())["flops"] == reference.get_total_flops()
+    depthwise = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+    counts = perf.count(lambda: depthwise(x).sum().backward())
+    per_pass = 2 * 2 * 9 * 9 * 3 * 3 * 6  # 2 FLOPs per multiply-add, one 3x3 tap per channel
+    assert counts["by_phase"]["forward"]["flops"] == per_pass
+    assert counts["by_phase"]["backward"]["flops"] == 2 * per_pass  # input and weight gradients
+    assert counts["by_phase"]["forward"]["convolutions"] == 1
+    assert counts["by_phase"]["backward"]["convolution_backwards"] == 1
+
+
+def test_second_order_backwards_are_told_apart():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten())
+    x = torch.randn(2, 3, 6, 6)
+    params = list(net.parameters())
+
+    def hvp():
+        grads = torch.autograd.grad(net(x).pow(2).sum(), params, create_graph=True)
+        torch.autograd.grad(grads, params, grad_outputs=[torch.ones_like(g) for g in grads])
+
+    counts = perf.count(hvp)
+    assert (counts["backwards"], counts["second_order"]) == (1, 1)
+    assert counts["by_phase"]["second_order"]["convolutions"] > 0
+    plain = perf.count(lambda: torch.autograd.grad(F.mse_loss(net(x), net(x).detach()), params))
+    assert (plain["backwards"], plain["second_order"]) == (1, 0)
+
+
+def test_interleaved_ratios_pair_each_step_with_its_neighbouring_units():
+    times = iter([1.0, 3.0, 2.0, 6.0, 1.0, 1.0, 1.0])
+
+    def timer(fn):
+        seconds = next(times)
+        return seconds, seconds / 2  # CPU time: half the clock's
+
+    timing = perf.interleaved(None, None, 3, timer)
+    # step 3 between units 1 and 2; step 6 between 2 and 1; step 1 between 1 and 1.
+    assert timing["time_unit_ratios"] == timing["cpu_time_unit_ratios"] == [2.0, 4.0, 1.0]
+    assert timing["time_units"] == 2.0 and timing["time_units_max"] == 4.0
+    assert timing["seconds_per_step"] == 3.0 and timing["unit_seconds"] == 1.0
+    assert timing["cpu_seconds_per_step"] == 1.5
+    on_gpu = perf.interleaved(None, None, 1, lambda fn: (1.0, None))
+    assert on_gpu["time_units"] == 1.0 and on_gpu["cpu_time_units"] is None
+
+
+def test_command_line():
+    cfg = perf.load(["learners=[3]", "hypergrad=[darts,neumann]", "neumann_iterations=3"])
+    assert cfg.learners == [3] and cfg.hypergrad == ["darts", "neumann"]
+    assert perf.load(["preset=tiny"]).init_channels == 4
+    assert perf.load(["preset=tiny", "init_channels=8"]).init_channels == 8
+    for bad in (
+        ["no_such_key=1"],
+        ["hypergrad=[sgd]"],
+        ["spaces=[nas]"],
+        ["learners=[0]"],
+        ["preset=huge"],
+        ["learners"],
+        ["device=tpu"],
+    ):
+        with pytest.raises(perf.UsageError):
+            perf.load(bad)
+        assert perf.main(bad) == 2

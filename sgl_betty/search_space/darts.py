@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgl_betty.genotypes import PRIMITIVES, Genotype, derive_genotype, num_edges
-from sgl_betty.search_space.ops import OPS, FactorizedReduce, ReLUConvBN
+from sgl_betty.search_space.ops import OPS, FactorizedReduce, ReLUConvBN, Zero
 
 
 class ArchWeights(NamedTuple):
@@ -41,6 +41,11 @@ class MixedOp(nn.Module):
         super().__init__()
         self.primitives = tuple(primitives)
         self.ops = nn.ModuleList(self.build_op(name, channels, stride) for name in self.primitives)
+        # `none` adds weight * 0 to the sum: it is not computed (nor its zeros stored for the
+        # backward). Its weight still normalises the others' through the softmax, so its
+        # architecture parameter keeps its gradient. An edge of `none` only keeps it.
+        computed = [i for i, op in enumerate(self.ops) if not isinstance(op, Zero)]
+        self.computed_ops = tuple(computed or range(len(self.ops)))
 
     def build_op(self, name: str, channels: int, stride: int) -> nn.Module:
         op = OPS[name](channels, stride, False)
@@ -51,7 +56,10 @@ class MixedOp(nn.Module):
         return op
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(weight * op(x) for weight, op in zip(weights, self.ops, strict=True))
+        if len(weights) != len(self.ops):
+            raise ValueError(f"{len(weights)} op weights for an edge of {len(self.ops)} ops")
+        weights = weights.unbind(0)
+        return sum(weights[i] * self.ops[i](x) for i in self.computed_ops)
 
 
 class Cell(nn.Module):
