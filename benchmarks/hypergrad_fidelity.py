@@ -145,9 +145,12 @@ def supernet(config: FidelityConfig) -> list[dict]:
         for row in sf.fidelity_rows(net, one_step, implicit, config.neumann_alpha, config.types):
             row["kind"] = "fidelity"
             rows.append(row)
+            head = f"| {num} | {row['precision']} | {'on' if row['policy'] else 'off'} | {row['type']} "
+            if row["diverged"]:
+                print(head + "| non-finite (NonFiniteError) | inf | - | inf | inf |", flush=True)
+                continue
             print(
-                f"| {num} | {row['precision']} | {'on' if row['policy'] else 'off'} "
-                f"| {row['type']} | {row['cosine_one_step']:.4f} | {row['error_one_step']:.2e} "
+                head + f"| {row['cosine_one_step']:.4f} | {row['error_one_step']:.2e} "
                 f"| {row['cosine_implicit']:.4f} | {row['error_implicit']:.2e} "
                 f"| {_number(row['residual'])} |",
                 flush=True,

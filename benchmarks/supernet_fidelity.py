@@ -44,6 +44,7 @@ from sgl_betty import HypergradConfig, Learner, SGLConfig, build_sgl_engine
 from sgl_betty.engine.precision import full_precision
 from sgl_betty.engine.products import exact_mixed_product, finite_difference_product
 from sgl_betty.engine.solvers import solve_cg
+from sgl_betty.errors import NonFiniteError
 from sgl_betty.search_space import Architecture, SearchNetwork
 from sgl_betty.tf32_emulation import EmulatedTF32, round_to_tf32
 from sgl_betty.unrolled_reference import (
@@ -179,6 +180,7 @@ class Supernet:
             prepare(engine)
         with emulated_tf32(precision in ("tf32", "bf16")):
             engine.step()
+        engine.check_finite()
         grads = [
             g.double().flatten()
             for k in range(self.setup.learners)
@@ -368,7 +370,22 @@ def fidelity_rows(net: Supernet, one_step, implicit, neumann_alpha: float, types
                     if hypergrad.type in ("neumann", "cg"):
                         captured.update(capture=capture_w0_vector(engine))
 
-                got, engine = net.measured_step(hypergrad, precision, prepare)
+                row = {"K": net.setup.learners, "precision": precision, "policy": policy}
+                row["type"] = label
+                try:
+                    got, engine = net.measured_step(hypergrad, precision, prepare)
+                except NonFiniteError:
+                    # Overflow to inf/NaN is a measurement too: the run would stop here.
+                    nan, inf = float("nan"), float("inf")
+                    yield row | {
+                        "diverged": True,
+                        "cosine_one_step": nan,
+                        "error_one_step": inf,
+                        "cosine_implicit": nan,
+                        "error_implicit": inf,
+                        "residual": inf if captured else None,
+                    }
+                    continue
                 residual = None
                 if captured:
                     with solver_precision(precision, policy):
@@ -376,11 +393,8 @@ def fidelity_rows(net: Supernet, one_step, implicit, neumann_alpha: float, types
                         residual = solve_residual(engine, hypergrad, vector)
                 cos_one, err_one = compare(got, one_step)
                 cos_imp, err_imp = compare(got, implicit)
-                yield {
-                    "K": net.setup.learners,
-                    "precision": precision,
-                    "policy": policy,
-                    "type": label,
+                yield row | {
+                    "diverged": False,
                     "cosine_one_step": cos_one,
                     "error_one_step": err_one,
                     "cosine_implicit": cos_imp,

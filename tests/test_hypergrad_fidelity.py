@@ -86,6 +86,30 @@ def test_supernet_exact_unrolled_is_the_one_step_reference(supernet):
 
 
 @pytest.mark.slow
+def test_a_solver_that_overflows_is_a_row_not_a_crash():
+    # Neumann with alpha far above 2 / the largest eigenvalue: its series overflows in fp32.
+    text, report = run(
+        "problem=supernet",
+        "learners=[1]",
+        "init_channels=2",
+        "layers=3",
+        "steps=2",
+        "warmup_steps=1",
+        "precisions=[fp32]",
+        "radii=[0.01]",
+        "reference_iterations=5",
+        "neumann_alpha=1.0e30",
+        "types=[first_order,neumann (it=20)]",
+    )
+    rows = {r["type"]: r for r in report["rows"] if r["kind"] == "fidelity"}
+    assert rows["neumann (it=20)"]["diverged"] and rows["neumann (it=20)"]["residual"] == float(
+        "inf"
+    )
+    assert not rows["first_order"]["diverged"] and rows["first_order"]["cosine_one_step"] > 0
+    assert "| neumann (it=20) | non-finite (NonFiniteError) |" in text
+
+
+@pytest.mark.slow
 def test_supernet_radius_sweep(supernet):
     text, report = supernet
     rows = [row for row in report["rows"] if row["kind"] == "radius"]
