@@ -163,21 +163,10 @@ def check_eval_config(cfg: DictConfig, world_size: int = 1) -> None:
 
 
 def training_settings(cfg: DictConfig) -> TrainingSettings:
-    e = cfg.eval
+    """The trainer's settings: the fields ``eval`` shares with ``TrainingSettings`` (its schema
+    extends that dataclass)."""
     return TrainingSettings(
-        epochs=e.epochs,
-        lr=e.lr,
-        momentum=e.momentum,
-        weight_decay=e.weight_decay,
-        lr_schedule=e.lr_schedule,
-        lr_gamma=e.lr_gamma,
-        lr_decay_period=e.lr_decay_period,
-        auxiliary_weight=e.auxiliary_weight,
-        drop_path_prob=e.drop_path_prob,
-        grad_clip=e.grad_clip,
-        label_smoothing=e.label_smoothing,
-        steps_per_epoch=e.steps_per_epoch,
-        precision=e.precision,
+        **{f.name: cfg.eval[f.name] for f in dataclasses.fields(TrainingSettings)}
     )
 
 
