@@ -90,6 +90,7 @@ def test_run_dir_that_is_a_file_or_read_only(tmp_path, capsys, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_run_is_a_message(tmp_path, capsys, monkeypatch):
     import os
 
@@ -158,6 +159,7 @@ def test_a_bad_checksum_manifest_is_a_message(tmp_path, capsys):
     assert_one_paragraph(*run_recipe(argv, capsys), "no 'md5' mapping")
 
 
+@pytest.mark.slow
 def test_a_truncated_cifar_pickle_is_a_message(tmp_path, capsys):
     write_cifar10(tmp_path)
     folder = write_cifar100(tmp_path).folder

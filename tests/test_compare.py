@@ -199,6 +199,7 @@ def test_cli_without_any_run_folder_fails_with_a_message(runs, capsys):
     assert "none of the given folders is a finished run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_summary_states_its_cost_as_device_hours(runs):
     # A search, an evaluation over seeds and one of its seeds, as the recipes wrote them.
     for folder in (runs / "fo-seed1", runs / "v2", runs / "v2" / "seed-1"):

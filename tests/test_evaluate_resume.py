@@ -216,6 +216,7 @@ def test_crash_after_the_last_epoch_resumes_to_the_summary(uninterrupted, tmp_pa
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_crash_with_loader_workers_replays_their_augmentations(tmp_path, monkeypatch):
     # Workers draw their seeds when the epoch's iterator starts: the resumed epoch starts it
     # from the RNG state of the epoch's start, replays the steps taken, then continues.
@@ -231,6 +232,7 @@ def test_crash_with_loader_workers_replays_their_augmentations(tmp_path, monkeyp
     assert_same_run(run, full)
 
 
+@pytest.mark.slow
 def test_several_seeds_resume_the_stopped_seed_and_skip_the_finished(tmp_path, monkeypatch):
     seeds = ["seeds=[1,2]"]
     full = tmp_path / "full"

@@ -79,6 +79,7 @@ class TwoHalves(MethodStaging):
         return StageEnd(record, next_state)
 
 
+@pytest.mark.slow
 def test_a_staged_method_of_its_own_runs_through_the_search_loop(registry, tmp_path):
     method = TwoHalves()
     register_method("two_halves")(method)

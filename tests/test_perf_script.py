@@ -153,6 +153,7 @@ def count_step(space, K, hypergrad, **overrides):
     return engine, learners, networks, lambda: perf.count(engine.step, networks), cfg, data
 
 
+@pytest.mark.slow
 def test_counts_are_observed_not_derived(monkeypatch):
     *_, counted, cfg, data = count_step("darts", 1, "neumann")
     one = counted()

@@ -124,6 +124,7 @@ def test_resume_applies_overrides_that_keep_the_past(searches, tmp_path):
     assert "log_every: 2" in (folder / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_more_epochs_on_resume_only_where_the_schedule_allows(tmp_path, monkeypatch, capsys):
     step_schedule = [*EVAL, "eval.lr_schedule=step", "eval.drop_path_prob=0", "eval.epochs=2"]
     full = tmp_path / "full"

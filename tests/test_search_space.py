@@ -146,6 +146,7 @@ def test_gradients_reach_network_weights_and_architecture():
         assert torch.count_nonzero(alpha.grad) == alpha.numel()
 
 
+@pytest.mark.slow
 def test_two_networks_sharing_one_architecture_add_their_gradients():
     # V_k and W_k of one learner are two networks with one architecture A_k.
     v_net, w_net = SearchNetwork(C, 10, 3), SearchNetwork(C, 10, 3)

@@ -297,6 +297,7 @@ def compare_sweeps(num, kind, options, monkeypatch, dropout=0.0, **config):
 
 
 @pytest.mark.parametrize(("kind", "options"), CASES)
+@pytest.mark.slow
 def test_pseudo_labels_as_inputs_give_the_same_hypergradients(kind, options, monkeypatch):
     (new, counts), (old, old_counts) = compare_sweeps(2, kind, options, monkeypatch)
     assert torch.allclose(new, old, rtol=1e-9, atol=1e-13), (new - old).abs().max()
@@ -308,6 +309,7 @@ def test_pseudo_labels_as_inputs_give_the_same_hypergradients(kind, options, mon
 
 
 @pytest.mark.parametrize("kind", ["darts", "neumann"])
+@pytest.mark.slow
 def test_three_learners_rebuild_each_label_graph_once(kind, monkeypatch):
     options = {"neumann_alpha": 0.05} if kind == "neumann" else {}
     (new, counts), (old, old_counts) = compare_sweeps(3, kind, options, monkeypatch)
@@ -318,6 +320,7 @@ def test_three_learners_rebuild_each_label_graph_once(kind, monkeypatch):
     assert counts.memory.peak < old_counts.memory.peak
 
 
+@pytest.mark.slow
 def test_without_the_direct_label_term_only_v_receives_the_labels_gradient(monkeypatch):
     (new, _), (old, _) = compare_sweeps(
         2, "neumann", {"neumann_alpha": 0.05}, monkeypatch, pseudo_label_arch_grad=False
@@ -325,6 +328,7 @@ def test_without_the_direct_label_term_only_v_receives_the_labels_gradient(monke
     assert torch.allclose(new, old, rtol=1e-9, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_label_graphs_are_rebuilt_with_the_masks_of_their_values(monkeypatch):
     """With dropout in the pseudo-labellers the rebuilt graph replays the draws its constant
     values were made with, so the chain rule runs through the labels the solvers saw."""

@@ -313,6 +313,7 @@ def test_disabled_wandb_writes_no_wandb_files(tmp_path):
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "figures").exists()
 
 
+@pytest.mark.slow
 def test_online_mode_without_an_account_falls_back_to_offline(tmp_path, monkeypatch):
     """An evaluation run: its genotype goes to the table and its test error to the summary."""
     for key in list(os.environ):

@@ -107,6 +107,7 @@ def assert_clipped(engine, roles):
             assert float(problem.last_step.clip_scale) < 1.0, f"{problem.name} was not clipped"
 
 
+@pytest.mark.slow
 def test_k1_unrolled_is_darts_second_order_gradient():
     data = batches()
     engine, learners = engine_after_warmup(1, HypergradConfig(type="unrolled"), data)
@@ -121,6 +122,7 @@ def test_k1_unrolled_is_darts_second_order_gradient():
     assert relative_error(engine_grads(engine, 1), flat(want)) < 1e-6
 
 
+@pytest.mark.slow
 def test_k1_unrolled_exact_is_autograd_through_one_step():
     data = batches(1)
     engine, learners = engine_after_warmup(
@@ -174,6 +176,7 @@ def test_pre_step_and_post_step_placements_differ_away_from_convergence():
     assert relative_error(results[1], results[0]) > 1e-2
 
 
+@pytest.mark.slow
 def test_the_virtual_step_of_w_is_not_clipped():
     # Negative control for the clipping semantics: a reference that clips W's virtual step as
     # the real step is clipped gives another gradient, so the equality above pins it down.
