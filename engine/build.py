@@ -27,6 +27,7 @@ from betty.configs import Config, EngineConfig
 from sgl_betty.config import SGLConfig
 from sgl_betty.learner import Learner
 from sgl_betty.problems import ArchStage, NonFiniteWatch, Peer, SGLStage, VStage, WStage
+from sgl_betty.runtime import resolve_device
 
 from .batches import SharedBatches
 from .hypergradient import BettyPaths, OneSweep, ValidationObjective
@@ -290,7 +291,7 @@ def engine_from_problems(
         )
     _check_added_problems(problems, arch_stages[0])
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device("auto")
     made_with = [(p.optimizer, p.scheduler) for p in problems]
     for problem in problems:
         problem.scheduler = None  # Betty's scheduler rebuild fails for some schedulers
