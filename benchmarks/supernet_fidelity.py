@@ -370,8 +370,12 @@ def fidelity_rows(net: Supernet, one_step, implicit, neumann_alpha: float, types
                     if hypergrad.type in ("neumann", "cg"):
                         captured.update(capture=capture_w0_vector(engine))
 
-                row = {"K": net.setup.learners, "precision": precision, "policy": policy}
-                row["type"] = label
+                row = {
+                    "K": net.setup.learners,
+                    "precision": precision,
+                    "policy": policy,
+                    "type": label,
+                }
                 try:
                     got, engine = net.measured_step(hypergrad, precision, prepare)
                 except NonFiniteError:
