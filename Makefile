@@ -19,12 +19,15 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# One worker per core; a file's tests share a worker, so its module fixtures are built once.
+PYTEST_PARALLEL := -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # Everything but the tests marked slow (recipes end to end, subprocesses, wheel builds).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 demo: $(STAMP)
 	$(PY) benchmarks/cifar100.py preset=smoke

@@ -466,3 +466,14 @@ def test_run_folder_records_its_kind_in_run_json(interrupted_and_full):
         "format": 2,
         "created": json.loads((full / "run.json").read_text())["created"],
     }
+
+
+def test_the_refusal_names_the_globals_that_caused_it_first(tmp_path):
+    # numpy's globals are allowed; listing them first (torch's order varies) hid the culprit
+    # behind "..." in the message.
+    from sgl_betty.tracking.torch_files import LEGACY_GLOBALS, _unsafe_message
+
+    unsafe = [*sorted(LEGACY_GLOBALS), "omegaconf.dictconfig.DictConfig"]
+    message = _unsafe_message(tmp_path / "checkpoint.pt", "the checkpoint", unsafe)
+    assert "omegaconf.dictconfig.DictConfig" in message
+    assert "--trust-checkpoint" in message

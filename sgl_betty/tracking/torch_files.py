@@ -132,6 +132,9 @@ def load_torch_file(
 
 
 def _unsafe_message(path: Path, what: str, unsafe: list[str] | None) -> str:
+    # The globals that caused the refusal come first: the numpy ones are allowed, and the order
+    # torch reports them in varies between runs.
+    unsafe = sorted(set(unsafe or []), key=lambda name: (name in LEGACY_GLOBALS, name))
     found = f" ({', '.join(unsafe[:4])}{', ...' if len(unsafe) > 4 else ''})" if unsafe else ""
     return (
         f"{path} ({what}) holds Python objects other than tensors and plain data{found}: "
