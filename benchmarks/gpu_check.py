@@ -56,14 +56,15 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from sgl_betty.config import HYPERGRAD_TYPES
 from sgl_betty.engine import build_sgl_engine
+from sgl_betty.errors import ConfigError
 from sgl_betty.evaluation import EvalTrainer, NetworkSpec, TrainingSettings
 from sgl_betty.evaluation.trainer import AUTOCAST_DTYPES, EpochSums
 from sgl_betty.experiment.config import load_config, sgl_config
 from sgl_betty.experiment.methods import search_stages, stage_learners
+from sgl_betty.experiment.overrides import load_overrides
 from sgl_betty.genotypes import PUBLISHED, genotype_to_dict
 from sgl_betty.host_reads import count_host_reads, host_resident_tensors
 from sgl_betty.params import count_parameters_m
@@ -155,32 +156,20 @@ SMOKE = {
 }
 
 
-class UsageError(ValueError):
-    pass
-
-
 def parse_args(argv: list[str]) -> tuple[GpuCheckConfig, bool]:
     """The check's config from ``--smoke`` and ``key=value`` overrides; whether --smoke was given."""
     smoke = "--smoke" in argv
     overrides = [arg for arg in argv if arg != "--smoke"]
-    for arg in overrides:
-        if "=" not in arg:
-            raise UsageError(f"expected --smoke or key=value (e.g. search.timed=5), got {arg!r}")
-    try:
-        cfg = OmegaConf.structured(GpuCheckConfig)
-        if smoke:
-            cfg = OmegaConf.merge(cfg, SMOKE)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as error:
-        raise UsageError(str(error).splitlines()[0]) from None
+    layers = [SMOKE] if smoke else []
+    cfg = load_overrides(GpuCheckConfig, overrides, *layers, example="--smoke or search.timed=5")
     unknown = [t for t in cfg.search.hypergrad or [] if t not in HYPERGRAD_TYPES]
     if unknown:
-        raise UsageError(f"unknown hypergradient types {unknown}; known: {list(HYPERGRAD_TYPES)}")
+        raise ConfigError(f"unknown hypergradient types {unknown}; known: {list(HYPERGRAD_TYPES)}")
     bad = [p for p in cfg.eval.precisions if p not in AUTOCAST_DTYPES]
     if bad:
-        raise UsageError(f"eval.precisions {bad} unknown; choose from {list(AUTOCAST_DTYPES)}")
+        raise ConfigError(f"eval.precisions {bad} unknown; choose from {list(AUTOCAST_DTYPES)}")
     if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"device={cfg.device!r}: choose auto, cpu or cuda")
+        raise ConfigError(f"device={cfg.device!r}: choose auto, cpu or cuda")
     return cfg, smoke
 
 
@@ -555,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         if wanted == "auto":
             wanted = "cuda" if torch.cuda.is_available() else "cpu"
         if wanted == "cuda" and not torch.cuda.is_available():
-            raise UsageError("device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
-    except UsageError as error:
+            raise ConfigError("device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     device = torch.device(wanted)

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from sgl_betty import HypergradConfig
+from sgl_betty.errors import ConfigError
+from sgl_betty.experiment.overrides import load_overrides
 from sgl_betty.reference import Problem, converged_engine
 
 
@@ -108,9 +109,6 @@ def _number(value):
 def supernet(config: FidelityConfig) -> list[dict]:
     import supernet_fidelity as sf
 
-    unknown = sorted(set(config.precisions) - set(sf.PRECISIONS))
-    if unknown:
-        raise SystemExit(f"unknown precision(s) {unknown}; choose from {', '.join(sf.PRECISIONS)}")
     sf.PRECISIONS = tuple(p for p in sf.PRECISIONS if p in config.precisions)
     rows = []
     for num in config.learners or [1, 2]:
@@ -171,18 +169,26 @@ def supernet(config: FidelityConfig) -> list[dict]:
 
 
 def load(argv: list[str]) -> FidelityConfig:
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(FidelityConfig), OmegaConf.from_dotlist(argv))
-    except OmegaConfBaseException as error:
-        raise SystemExit(f"error: {str(error).splitlines()[0]}") from None
+    cfg = load_overrides(FidelityConfig, argv, example="problem=supernet")
     config = FidelityConfig(**OmegaConf.to_container(cfg))
     if config.problem not in ("closed_form", "supernet"):
-        raise SystemExit(f"error: problem={config.problem!r}; choose closed_form or supernet")
+        raise ConfigError(f"problem={config.problem!r}; choose closed_form or supernet")
+    if config.problem == "supernet":
+        import supernet_fidelity as sf
+
+        unknown = sorted(set(config.precisions) - set(sf.PRECISIONS))
+        if unknown:
+            known = ", ".join(sf.PRECISIONS)
+            raise ConfigError(f"precisions: unknown {unknown}; choose from {known}")
     return config
 
 
-def main(argv: list[str]) -> None:
-    config = load(argv)
+def main(argv: list[str]) -> int:
+    try:
+        config = load(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     torch.set_num_threads(config.threads)
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
@@ -190,7 +196,8 @@ def main(argv: list[str]) -> None:
     )
     rows = closed_form(config) if config.problem == "closed_form" else supernet(config)
     print(json.dumps({"config": asdict(config), "rows": rows}))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(main(sys.argv[1:]))

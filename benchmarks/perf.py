@@ -90,11 +90,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from sgl_betty.config import HYPERGRAD_TYPES
+from sgl_betty.errors import ConfigError
+from sgl_betty.experiment.overrides import load_overrides
 
 HYPERGRADS = (*HYPERGRAD_TYPES, "unrolled_exact")
 SPACES = ("darts", "pc_darts", "p_darts", "darts_minus")
@@ -150,23 +151,12 @@ PRESETS = {
 }
 
 
-class UsageError(ValueError):
-    pass
-
-
 def load(argv: list[str]) -> PerfConfig:
     """The run's config: ``PerfConfig`` defaults <- the preset <- ``key=value`` overrides."""
-    for arg in argv:
-        if "=" not in arg:
-            raise UsageError(f"expected key=value (e.g. learners=[1,2]), got {arg!r}")
-    try:
-        cli = OmegaConf.from_dotlist(argv)
-        preset = str(cli.get("preset", PerfConfig.preset))
-        if preset not in PRESETS:
-            raise UsageError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-        cfg = OmegaConf.merge(OmegaConf.structured(PerfConfig), PRESETS[preset], cli)
-    except OmegaConfBaseException as error:
-        raise UsageError(str(error).splitlines()[0]) from None
+    preset = str(load_overrides(PerfConfig, argv, example="learners=[1,2]").preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    cfg = load_overrides(PerfConfig, argv, PRESETS[preset], example="learners=[1,2]")
     config = PerfConfig(**OmegaConf.to_container(cfg))
     check(config)
     return config
@@ -179,18 +169,18 @@ def check(cfg: PerfConfig) -> None:
     ):
         unknown = [item for item in given if item not in allowed]
         if unknown:
-            raise UsageError(f"{name}: unknown {unknown}; choose from {', '.join(allowed)}")
+            raise ConfigError(f"{name}: unknown {unknown}; choose from {', '.join(allowed)}")
     if not cfg.learners or any(k < 1 for k in cfg.learners):
-        raise UsageError("learners: every K must be >= 1, e.g. learners=[1,2]")
+        raise ConfigError("learners: every K must be >= 1, e.g. learners=[1,2]")
     for key in ("repeats", "batches", "init_channels", "layers", "batch_size", "steps"):
         if getattr(cfg, key) < 1:
-            raise UsageError(f"{key} must be >= 1")
+            raise ConfigError(f"{key} must be >= 1")
     if cfg.warmup < 0 or cfg.threads < 0 or cfg.neumann_iterations < 0 or cfg.cg_iterations < 1:
-        raise UsageError("warmup, threads, neumann_iterations >= 0 and cg_iterations >= 1")
+        raise ConfigError("warmup, threads, neumann_iterations >= 0 and cg_iterations >= 1")
     if not 0.0 <= cfg.progress < 1.0:
-        raise UsageError(f"progress={cfg.progress} must be in [0, 1)")
+        raise ConfigError(f"progress={cfg.progress} must be in [0, 1)")
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
-        raise UsageError(f"device must be cpu, cuda, cuda:N or auto (got {cfg.device!r})")
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto (got {cfg.device!r})")
 
 
 # ----------------------------------------------------------------------------- counting
@@ -523,7 +513,7 @@ def make_data(cfg: PerfConfig, device: torch.device):
 
 def recipe_config(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: torch.device):
     """The recipes' run config of this row (their builders, optimizers and schedules)."""
-    from sgl_betty.experiment.config import ConfigError, load_config
+    from sgl_betty.experiment.config import load_config
 
     overrides = [
         "preset=paper",
@@ -550,7 +540,7 @@ def recipe_config(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: t
     try:
         return load_config(overrides)
     except ConfigError as error:
-        raise UsageError(f"{space}: {error}") from None
+        raise ConfigError(f"{space}: {error}") from None
 
 
 def build_learners(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: torch.device):
@@ -705,7 +695,7 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device=cuda but no CUDA device is visible")
+        raise ConfigError("device=cuda but no CUDA device is visible")
     return device
 
 
@@ -762,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = run(load(argv))
-    except UsageError as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     cfg = result["config"]

@@ -150,3 +150,22 @@ def test_unknown_key_is_a_clean_error():
         [sys.executable, str(SCRIPT), "problemm=supernet"], capture_output=True, text=True
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["problem=toy"], "problem='toy'; choose closed_form or supernet"),
+        (["problem=supernet", "precisions=[fp8]"], "precisions: unknown ['fp8']"),
+        (["lerners=[2]"], "did you mean learners"),
+        (["learners"], "is not of the form key=value (e.g. problem=supernet)"),
+        (["seed=abc"], "invalid value for seed"),
+    ],
+)
+def test_bad_options_are_one_line_errors(argv, message):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

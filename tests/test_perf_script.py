@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+from sgl_betty.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "perf.py"
@@ -242,20 +245,26 @@ def test_interleaved_ratios_pair_each_step_with_its_neighbouring_units():
     assert on_gpu["time_units"] == 1.0 and on_gpu["cpu_time_units"] is None
 
 
-def test_command_line():
+def test_command_line(capsys):
     cfg = perf.load(["learners=[3]", "hypergrad=[darts,neumann]", "neumann_iterations=3"])
     assert cfg.learners == [3] and cfg.hypergrad == ["darts", "neumann"]
     assert perf.load(["preset=tiny"]).init_channels == 4
     assert perf.load(["preset=tiny", "init_channels=8"]).init_channels == 8
-    for bad in (
-        ["no_such_key=1"],
-        ["hypergrad=[sgd]"],
-        ["spaces=[nas]"],
-        ["learners=[0]"],
-        ["preset=huge"],
-        ["learners"],
-        ["device=tpu"],
+    for bad, named in (
+        (["no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["init_chanels=8"], "did you mean init_channels"),
+        (["layers=[1,2]"], "invalid value for layers"),
+        (["learners={a: 1}"], "learners cannot take a value of that shape"),
+        (["hypergrad=[sgd]"], "sgd"),
+        (["spaces=[nas]"], "nas"),
+        (["learners=[0]"], "learners"),
+        (["preset=huge"], "huge"),
+        (["learners"], "key=value"),
+        (["device=tpu"], "tpu"),
     ):
-        with pytest.raises(perf.UsageError):
+        with pytest.raises(ConfigError, match=re.escape(named)):
             perf.load(bad)
+        capsys.readouterr()
         assert perf.main(bad) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err and "Traceback" not in err

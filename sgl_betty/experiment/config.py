@@ -8,15 +8,13 @@ Unknown keys and invalid values raise ``ConfigError`` before any work is done.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 from sgl_betty.choices import (
     Choice,
@@ -35,10 +33,11 @@ from sgl_betty.configs import CONFIG_DIR
 from sgl_betty.errors import ConfigError
 from sgl_betty.evaluation.trainer import TrainingSettings
 from sgl_betty.secret_env import secrets_in
-from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations, yaml_problem
+from sgl_betty.yaml_configs import read_yaml_config, reject_interpolations
 
 from .config_checks import check_values
 from .methods import SEARCH_METHODS
+from .overrides import check_form, describe, dotted_keys, merge_overrides
 from .resume_policy import check_resume_overrides
 
 
@@ -393,54 +392,23 @@ def load_config(
 ) -> DictConfig:
     """Schema defaults <- preset YAML (with its bases) <- command-line overrides ``key=value``."""
     overrides = list(overrides or [])
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(
-                f"override {item!r} is not of the form key=value (e.g. hypergrad.type=neumann)"
-            )
+    check_form(overrides, example="hypergrad.type=neumann")
     try:
-        cli = OmegaConf.from_dotlist(overrides)
-        preset = cli.get("preset", RunConfig.preset)
+        preset = merge_overrides(OmegaConf.create(), overrides).get("preset", RunConfig.preset)
         cfg = OmegaConf.structured(RunConfig)
         for layer in _preset_chain(str(preset), recipe, config_dir):
             cfg = OmegaConf.merge(cfg, layer)
-        cfg = _merge_overrides(cfg, cli, overrides)
+        cfg = merge_overrides(cfg, overrides)
         cfg.preset = str(preset)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
-    except yaml.YAMLError as error:  # an override's value, parsed as YAML
-        raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
     validate(cfg)
     return cfg
 
 
-def _merge_overrides(cfg: DictConfig, cli: DictConfig, overrides: list[str]) -> DictConfig:
-    """The overrides on top of the presets; a value of the wrong shape (a mapping or a list
-    where the schema holds the other) is named instead of OmegaConf's bare TypeError."""
-    try:
-        return OmegaConf.merge(cfg, cli)
-    except TypeError:
-        for item in overrides:
-            try:
-                OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-            except TypeError:
-                key = item.split("=", 1)[0]
-                raise ConfigError(
-                    f"override {item!r}: {key} cannot take a value of that shape "
-                    "(a mapping or a list where the config holds something else)"
-                ) from None
-        raise
-
-
-def config_keys(node: Any = None, prefix: str = "") -> list[str]:
-    """Every leaf key of the schema, dotted (``search.method``, ...)."""
-    node = OmegaConf.structured(RunConfig) if node is None else node
-    keys = []
-    for name in node:
-        value = node[name]
-        dotted = f"{prefix}{name}"
-        keys += config_keys(value, dotted + ".") if isinstance(value, DictConfig) else [dotted]
-    return keys
+def config_keys() -> list[str]:
+    """Every leaf key of the run config, dotted (``search.method``, ...)."""
+    return dotted_keys(OmegaConf.structured(RunConfig))
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
@@ -450,9 +418,7 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (is it a run folder?)")
     overrides = list(overrides or [])
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. device=cpu)")
+    check_form(overrides, example="device=cpu")
     saved = read_yaml_config(path, "run config")
     reject_interpolations(saved, path)
     try:
@@ -463,12 +429,10 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
             "or written by another version: fix the file, or start a new run"
         ) from None
     try:
-        cli = OmegaConf.from_dotlist(overrides)
-        cfg = OmegaConf.merge(base, cli)
+        cli = merge_overrides(OmegaConf.create(), overrides)
+        cfg = merge_overrides(base, overrides)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"an override is not valid YAML: {yaml_problem(error)}") from None
     check_resume_overrides(base, cfg, cli)
     cfg.run.dir = str(run_dir)
     try:
@@ -479,19 +443,7 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
 
 
 def _describe(error: OmegaConfBaseException) -> str:
-    key = getattr(error, "full_key", None)
-    message = str(error).splitlines()[0]
-    if isinstance(error, ConfigKeyError):
-        close = difflib.get_close_matches(str(key), config_keys(), n=3, cutoff=0.5)
-        hint = (
-            f"; did you mean {' or '.join(close)}?"
-            if close
-            else "; see `config_keys()` for every field"
-        )
-        return f"unknown config key {key!r}{hint}"
-    if key:
-        return f"invalid value for {key}: {message}"
-    return message
+    return describe(error, OmegaConf.structured(RunConfig))
 
 
 def sgl_config(cfg: DictConfig, **callables) -> SGLConfig:
