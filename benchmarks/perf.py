@@ -60,7 +60,8 @@ The floor (per step; K learners; "graphs" of a W loss: its labelled and unlabell
 - hypergradient, per V and W solve, per graph of its loss (V: 1; W: 2, K = 1: 1):
   finite differences (darts, unrolled, unrolled_post_step) 2(F + Ba), the backward into the
   architecture and the pseudo-labels only; unrolled_exact F + Bg + Sa; neumann and cg with i
-  iterations F + Bg + i Sw + Sa; K >= 2 adds one backward B through each V's pseudo-label graph
+  iterations F + Bg + i Sw + Sa (with ``one_graph_at_a_time``, i (F + Bg) more per W solve:
+  each product after the first rebuilds one of its two graphs); K >= 2 adds one backward B through each V's pseudo-label graph
   (its graph kept from the W stage: no forward) for the summed pseudo-label gradient.
 
 Pass kinds: F forward; Bw backward into the weights; Ba into the architecture only (no weight
@@ -100,6 +101,7 @@ from sgl_betty.experiment.overrides import load_overrides
 HYPERGRADS = (*HYPERGRAD_TYPES, "unrolled_exact")
 SPACES = ("darts", "pc_darts", "p_darts", "darts_minus")
 FINITE_DIFFERENCE = ("darts", "unrolled", "unrolled_post_step")
+IMPLICIT = ("neumann", "cg")
 
 
 @dataclass
@@ -119,6 +121,8 @@ class PerfConfig:
     cg_iterations: int = 1
     pseudo_label_arch_grad: bool = True
     detach_pseudo_labels: bool = False
+    # The neumann and cg rows with HypergradConfig.one_graph_at_a_time (the other rows ignore it).
+    one_graph_at_a_time: bool = False
     # Search progress in [0, 1) for DARTS-'s auxiliary skip weight and P-DARTS's skip dropout.
     progress: float = 0.5
     repeats: int = 5
@@ -312,6 +316,8 @@ def floor_passes(K: int, hypergrad: str, cfg: PerfConfig) -> Counter:
             c.update(F=n, Bg=n, Sa=n)
         else:
             c.update(F=n, Bg=n, Sw=iterations * n, Sa=n)
+            if cfg.one_graph_at_a_time and n > 1:  # every product after the first rebuilds one
+                c.update(F=iterations * (n - 1), Bg=iterations * (n - 1))
     if peers:
         c.update(B=K)  # through each V's pseudo-label graph, for the summed gradient
     return c
@@ -531,6 +537,7 @@ def recipe_config(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: t
         "search.arch_warmup_epochs=0",
         f"search.pseudo_label_arch_grad={cfg.pseudo_label_arch_grad}",
         f"search.detach_pseudo_labels={cfg.detach_pseudo_labels}",
+        f"hypergrad.one_graph_at_a_time={cfg.one_graph_at_a_time and hypergrad in IMPLICIT}",
         f"search.precision={'bf16' if cfg.bf16 else 'fp32'}",
         f"search.channels_last={cfg.channels_last}",
         "data.dataset=synthetic",

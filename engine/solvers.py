@@ -10,6 +10,8 @@ Project solvers and why they replace Betty 0.2.1's:
 
 - ``sgl_cg``: Betty's ``cg`` updates the search direction with the old residual (fixed upstream
   after the release, leopard-ai/betty issue 15), so it is wrong beyond one iteration.
+- ``sgl_neumann``: Betty's ``neumann`` (the same operations), over ``LossGraphs`` so that a W
+  stage may hold one term of its loss at a time (``HypergradConfig.one_graph_at_a_time``).
 - ``sgl_darts``: Betty's ``darts`` product (identity inverse Hessian, central differences around
   the current weights, radius ``darts_alpha / ||u||``) without its host sync (``.item()`` on the
   radius) and with the same random draws (dropout) on both sides of the difference.
@@ -17,15 +19,15 @@ Project solvers and why they replace Betty 0.2.1's:
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from betty.hypergradient import jvp_fn_mapping
 
 from . import unrolled
+from .loss_graphs import LossGraphs
 from .products import dot, finite_difference_product
 
 CONJUGATE_GRADIENT = "sgl_cg"
+NEUMANN = "sgl_neumann"
 FINITE_DIFFERENCE = "sgl_darts"
 UNROLLED = "sgl_unrolled"
 UNROLLED_EXACT = "sgl_unrolled_exact"
@@ -63,25 +65,43 @@ def solve_cg(hvp, vector, iterations: int, scale: float = 1.0, tol: float = 1e-1
     return [scale * xi for xi in x]
 
 
+def solve_neumann(hvp, vector, iterations: int, alpha: float):
+    """H^{-1} v by the Neumann series alpha sum_{i <= iterations} (I - alpha H)^i v, with
+    ``hvp(p) = H p``; Betty's ``approx_inverse_hvp``, operation for operation."""
+    p = v = vector
+    for _ in range(iterations):
+        hv = hvp(v)
+        v = [vi - alpha * hi for vi, hi in zip(v, hv)]
+        p = [vi + pi for vi, pi in zip(v, p)]
+    return [alpha * pi for pi in p]
+
+
+def _implicit_solve(solve, vector, curr, prev, sync):
+    """-(d^2 L_curr / d prev d curr) x with x = solve(hvp, vector) ~ H_curr^{-1} vector."""
+    graphs = LossGraphs(curr.loss_terms(curr.cur_batch), curr.trainable_parameters(), curr.device)
+    x = solve(graphs.hvp, [v.detach() for v in vector])
+    product = graphs.mixed(x, prev.trainable_parameters())
+    return unrolled.send_implicit(prev, [-p for p in product], sync)
+
+
+def neumann(vector, curr, prev, sync):
+    """Betty jvp function, Betty's ``neumann``, over ``LossGraphs`` (one term: Betty's numbers)."""
+    config = curr.config
+
+    def solve(hvp, v):
+        return solve_neumann(hvp, v, config.neumann_iterations, config.neumann_alpha)
+
+    return _implicit_solve(solve, vector, curr, prev, sync)
+
+
 def conjugate_gradient(vector, curr, prev, sync):
     """Betty jvp function: -(d^2 L_curr / d prev d curr) H_curr^{-1} vector."""
     config = curr.config
-    params = curr.trainable_parameters()
-    in_loss = curr.training_step_exec(curr.cur_batch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        in_grad = torch.autograd.grad(in_loss, params, create_graph=True)
 
-    def hvp(p):
-        return torch.autograd.grad(in_grad, params, grad_outputs=p, retain_graph=True)
+    def solve(hvp, v):
+        return solve_cg(hvp, v, config.cg_iterations, config.cg_alpha)
 
-    x = solve_cg(hvp, [v.detach() for v in vector], config.cg_iterations, config.cg_alpha)
-    prev_params = prev.trainable_parameters()
-    if sync:
-        torch.autograd.backward(in_grad, inputs=prev_params, grad_tensors=[-xi for xi in x])
-        return None
-    implicit = torch.autograd.grad(in_grad, prev_params, grad_outputs=x, allow_unused=True)
-    return [-g if g is not None else torch.zeros_like(p) for g, p in zip(implicit, prev_params)]
+    return _implicit_solve(solve, vector, curr, prev, sync)
 
 
 def identity_finite_difference(vector, curr, prev, sync):
@@ -105,13 +125,14 @@ def solver_name(hypergrad) -> str:
         "darts": FINITE_DIFFERENCE,
         "unrolled": UNROLLED_EXACT if exact else UNROLLED,
         "unrolled_post_step": UNROLLED_POST_STEP_EXACT if exact else UNROLLED_POST_STEP,
-        "neumann": "neumann",
+        "neumann": NEUMANN,
         "cg": CONJUGATE_GRADIENT,
     }[hypergrad.type]
 
 
 def register_solvers() -> None:
     jvp_fn_mapping[CONJUGATE_GRADIENT] = conjugate_gradient
+    jvp_fn_mapping[NEUMANN] = neumann
     jvp_fn_mapping[FINITE_DIFFERENCE] = identity_finite_difference
     jvp_fn_mapping[UNROLLED] = unrolled.unrolled_finite_difference
     jvp_fn_mapping[UNROLLED_EXACT] = unrolled.unrolled_exact

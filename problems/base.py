@@ -94,6 +94,11 @@ class SGLStage(ImplicitProblem):
         ):
             return self.training_step(batch)
 
+    def loss_terms(self, batch) -> list:
+        """The loss a hypergradient solver re-evaluates, as terms (callables) whose sum it is;
+        a solver may hold one term's graph at a time (``engine/loss_graphs.py``)."""
+        return [lambda: self.training_step_exec(batch)]
+
     def get_loss(self, batch):
         """Betty's ``get_loss`` (the loss of the own descent step) without its ``loss.item()``:
         the loss, its metric and its finiteness stay on the device."""

@@ -98,20 +98,40 @@ class WStage(SGLStage):
     def training_step(self, batch):
         (x, y), x_u = batch
         arch = self.architecture_weights(self.architecture)
-        logits = self.network()(x, arch)
-        labeled = self.sgl.labeled_loss(logits, y)
-        loss = labeled + self.weight_penalty()
+        loss = self.labelled_term(x, y, arch)
         if self.peers:
             if self.descending:
                 loss = self.backward_now(loss)
-            logits_u = self.network()(x_u, arch)
-            pseudo = sum(
-                self.sgl.pseudo_loss(logits_u, self.pseudo_labels(peer, x_u)) for peer in self.peers
-            )
-            loss = loss + self.sgl.lam * pseudo
-            self.record(pseudo_loss=pseudo)
-        self.record(train_loss=labeled, train_acc=accuracy(logits, y))
+            loss = loss + self.sgl.lam * self.unlabelled_term(x_u, arch)
         return loss
+
+    def labelled_term(self, x, y, arch):
+        """L(W, A_k, D_tr) (and the L2 penalty where it is in the loss)."""
+        logits = self.network()(x, arch)
+        labeled = self.sgl.labeled_loss(logits, y)
+        self.record(train_loss=labeled, train_acc=accuracy(logits, y))
+        return labeled + self.weight_penalty()
+
+    def unlabelled_term(self, x_u, arch):
+        """sum_{j != k} L(W, A_k, D_j^pl): the loss on the peers' pseudo-labels of D_u."""
+        logits_u = self.network()(x_u, arch)
+        pseudo = sum(
+            self.sgl.pseudo_loss(logits_u, self.pseudo_labels(peer, x_u)) for peer in self.peers
+        )
+        self.record(pseudo_loss=pseudo)
+        return pseudo
+
+    def loss_terms(self, batch) -> list:
+        if not (self.peers and self.sgl.hypergrad.one_graph_at_a_time):
+            return super().loss_terms(batch)
+        (x, y), x_u = batch
+        return [
+            lambda: self.labelled_term(x, y, self.architecture_weights(self.architecture)),
+            lambda: (
+                self.sgl.lam
+                * self.unlabelled_term(x_u, self.architecture_weights(self.architecture))
+            ),
+        ]
 
     def backward_now(self, loss: torch.Tensor) -> torch.Tensor:
         """The descent's gradient of the labelled part, taken before the unlabelled forward so that

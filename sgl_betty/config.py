@@ -17,6 +17,15 @@ import torch.nn.functional as F
 from sgl_betty.choices import HypergradType, values
 
 HYPERGRAD_TYPES = values(HypergradType)
+# The types that solve a linear system with Hessian-vector products.
+IMPLICIT_TYPES = (HypergradType.neumann.value, HypergradType.cg.value)
+
+
+def one_graph_message(kind: str) -> str:
+    return (
+        f"hypergrad.one_graph_at_a_time applies to the implicit types ({', '.join(IMPLICIT_TYPES)}), "
+        f"not to hypergrad.type={kind}: drop it, or choose neumann or cg"
+    )
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -55,6 +64,13 @@ class HypergradConfig:
     ``path_by_path``: Betty's own backward, each architecture following each of its paths
     separately (K^2 validation passes per step instead of K). Slow; the one-sweep engine's oracle.
 
+    ``one_graph_at_a_time`` (``neumann`` and ``cg``): a W stage's solver holds the graph of one
+    term of its loss at a time (the labelled term, then lambda times the unlabelled one) instead
+    of both, rebuilding a term when a product needs it again: the peak of a K >= 2 step drops by
+    about one term's double graph, for one forward and create-graph backward more per W solve
+    and Hessian application (``engine/loss_graphs.py``). The same hypergradient (summed in
+    another order).
+
     ``full_precision``: every second-order evaluation in the parameters' dtype with TF32 and
     autocast off (``engine/precision.py``). False evaluates them in the descent's precision: it
     exists to measure what the policy buys (``benchmarks/hypergrad_fidelity.py``) and warns.
@@ -73,12 +89,15 @@ class HypergradConfig:
     unrolled_exact: bool = False
     path_by_path: bool = False
     full_precision: bool = True
+    one_graph_at_a_time: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in HYPERGRAD_TYPES:
             raise ValueError(
                 f"unknown hypergradient type {self.type!r}; choose one of {', '.join(HYPERGRAD_TYPES)}"
             )
+        if self.one_graph_at_a_time and self.type not in IMPLICIT_TYPES:
+            raise ValueError(one_graph_message(self.type))
         if self.neumann_iterations < 0 or self.cg_iterations < 1:
             raise ValueError(
                 "neumann_iterations must be >= 0 and cg_iterations >= 1 "

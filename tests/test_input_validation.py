@@ -69,11 +69,19 @@ def test_any_override_is_accepted_or_rejected_with_a_config_error(pairs):
         ("hypergrad.neumann_iterations=-2", "hypergrad.neumann_iterations"),
         ("lerners=2", "learners"),
         ("tracking.tags={a: 1}", "tracking.tags"),
+        ("hypergrad.one_graph_at_a_time=true", "hypergrad.one_graph_at_a_time"),
     ],
 )
 def test_named_errors(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(["preset=tiny", override], config_dir=CONFIGS)
+
+
+def test_one_graph_at_a_time_reaches_the_engine_for_an_implicit_type():
+    from sgl_betty.experiment.config import sgl_config
+
+    overrides = ["preset=tiny", "hypergrad.type=cg", "hypergrad.one_graph_at_a_time=true"]
+    assert sgl_config(load_config(overrides, config_dir=CONFIGS)).hypergrad.one_graph_at_a_time
 
 
 ops = st.one_of(st.sampled_from(PRIMITIVES), st.text(string.ascii_lowercase + "_", max_size=10))

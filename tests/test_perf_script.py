@@ -180,6 +180,22 @@ def test_counts_are_observed_not_derived(monkeypatch):
 
 
 @pytest.mark.slow
+def test_one_graph_at_a_time_costs_what_its_floor_says():
+    *_, counted, cfg, _ = count_step("darts", 2, "neumann")
+    together = counted()
+    *_, counted_in_turn, cfg_in_turn, _ = count_step(
+        "darts", 2, "neumann", one_graph_at_a_time=True
+    )
+    in_turn = counted_in_turn()
+    # K = 2, one iteration: each W solve's mixed product rebuilds one of its two graphs.
+    assert in_turn["forwards"] == together["forwards"] + 2
+    # Its Hessian-vector and mixed products take one backward per graph: 2 more per W solve.
+    assert in_turn["second_order"] == together["second_order"] + 4
+    extra = perf.floor_passes(2, "neumann", cfg_in_turn) - perf.floor_passes(2, "neumann", cfg)
+    assert extra == {"F": 2, "Bg": 2}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("space", ["pc_darts", "p_darts", "darts_minus"])
 def test_rows_for_every_search_space(space, report):
     cfg = perf.load(["preset=tiny", "warmup=0", "repeats=1"])

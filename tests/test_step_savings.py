@@ -53,7 +53,10 @@ class SavedTensorPeak:
 
 class _Saved:
     def __init__(self, owner: SavedTensorPeak, tensor: torch.Tensor):
-        self.owner, self.tensor = owner, tensor
+        # Detached: a tensor a node saves of its own output would otherwise hold that node
+        # (tensor -> grad_fn -> this object -> tensor), a cycle through C++ that no collector
+        # frees, so a graph dropped without a backward would stay counted.
+        self.owner, self.tensor = owner, tensor.detach()
         self.key = tensor.untyped_storage().data_ptr()
         entry = owner.live.setdefault(self.key, [tensor.untyped_storage().nbytes(), 0])
         if entry[1] == 0:
@@ -417,3 +420,75 @@ def test_k1_darts_steps_w_once_and_takes_one_backward_for_alpha_and_w(monkeypatc
     # Backwards: W's descent, validation (A and W together), the two differences; Betty adds one.
     assert calls.backwards == 4
     assert betty_calls.backwards == 5
+
+
+# --- one graph of a W loss at a time ---------------------------------------------------------
+
+
+class WForwards:
+    """Forward calls of the W networks (every build of a W loss term's graph)."""
+
+    def __init__(self, group):
+        self.calls = 0
+        for learner in group:
+            learner.w_net.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("neumann", {"neumann_iterations": 1, "neumann_alpha": 0.05}),
+        ("neumann", {"neumann_iterations": 3, "neumann_alpha": 0.05}),
+        ("cg", {"cg_iterations": 2}),
+    ],
+)
+@pytest.mark.parametrize("num", [2, 3])
+@pytest.mark.slow
+def test_one_graph_at_a_time_gives_the_same_hypergradients_with_less_memory(num, kind, options):
+    results = []
+    for one_at_a_time in (False, True):
+        group = learners(num, dropout=0.3)  # P-DARTS's skip dropout: rebuilds replay the masks
+        hypergrad = HypergradConfig(type=kind, one_graph_at_a_time=one_at_a_time, **options)
+        engine = engine_of(group, hypergrad)
+        engine.step()  # away from the initial point
+        counts, forwards = Counts(group), WForwards(group)
+        measured_step(engine, counts)
+        results.append((hypergradients(engine, num), counts.memory.peak, forwards.calls))
+        # The random stream after the step is the one the default path leaves.
+        results[-1] += (torch.rand(3),)
+    (together, peak_together, calls_together, rng), (in_turn, peak_in_turn, calls, rng_in_turn) = (
+        results
+    )
+    assert torch.allclose(in_turn, together, rtol=1e-10, atol=1e-14), (
+        (in_turn - together).abs().max()
+    )
+    assert torch.equal(rng, rng_in_turn)
+    assert peak_in_turn < 0.8 * peak_together
+    # Each W solve's Hessian applications and its closing mixed product each rebuild one term:
+    # 2 builds of its two terms, then one more per product after the first.
+    products = options.get("neumann_iterations", options.get("cg_iterations")) + 1
+    assert calls - calls_together == num * (products - 1)
+
+
+def test_sgl_neumann_is_bettys_neumann_operation_for_operation():
+    from betty.hypergradient.neumann import neumann as bettys_neumann
+
+    engine = engine_of(learners(2), HypergradConfig(type="neumann", neumann_alpha=0.05))
+    engine.step()
+    stage = engine.problem("w", 0)
+    union = ProblemUnion([engine.problem("arch", 0)])
+    torch.manual_seed(3)
+    vector = [torch.randn_like(p) for p in stage.trainable_parameters()]
+    ours = jvp_fn_mapping[stage.config.type](vector, stage, union, False)
+    theirs = bettys_neumann(vector, stage, union, False)
+    assert stage.config.type == "sgl_neumann"
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_one_graph_at_a_time_is_for_the_implicit_types():
+    with pytest.raises(ValueError, match="applies to the implicit types"):
+        HypergradConfig(type="unrolled", one_graph_at_a_time=True)

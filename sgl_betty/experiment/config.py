@@ -28,7 +28,7 @@ from sgl_betty.choices import (
     WandbMode,
     values,
 )
-from sgl_betty.config import HypergradConfig, SGLConfig
+from sgl_betty.config import IMPLICIT_TYPES, HypergradConfig, SGLConfig, one_graph_message
 from sgl_betty.configs import CONFIG_DIR
 from sgl_betty.errors import ConfigError
 from sgl_betty.evaluation.trainer import TrainingSettings
@@ -273,6 +273,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"lam={cfg.lam} is invalid; the pseudo-label weight must be >= 0")
     _check_choice("search.method", cfg.search.method, sorted(SEARCH_METHODS))
     _check_choice("hypergrad.type", cfg.hypergrad.type, HypergradType)
+    if cfg.hypergrad.one_graph_at_a_time and cfg.hypergrad.type not in IMPLICIT_TYPES:
+        raise ConfigError(one_graph_message(cfg.hypergrad.type))
     _check_choice("data.dataset", cfg.data.dataset, SearchDataset)
     _check_choice("data.unlabeled", cfg.data.unlabeled, UnlabeledSource)
     _check_choice("device", cfg.device, Device)
