@@ -57,7 +57,8 @@ class HypergradConfig:
         weights (Betty runs a problem's solver after it stepped); equals ``unrolled`` only at a
         fixed point. Kept for comparison.
       - ``neumann``: Neumann series for the inverse Hessian (``neumann_iterations``,
-        ``neumann_alpha``), Betty's solver, at the post-step weights.
+        ``neumann_alpha``), Betty's series operation for operation (``sgl_neumann``), at the
+        post-step weights.
       - ``cg``: conjugate gradient (``cg_iterations``, ``cg_alpha``) with the project's own,
         corrected solver (Betty 0.2.1's is wrong beyond one iteration), at the post-step weights.
 
