@@ -61,8 +61,9 @@ The floor (per step; K learners; "graphs" of a W loss: its labelled and unlabell
   finite differences (darts, unrolled, unrolled_post_step) 2(F + Ba), the backward into the
   architecture and the pseudo-labels only; unrolled_exact F + Bg + Sa; neumann and cg with i
   iterations F + Bg + i Sw + Sa (with ``one_graph_at_a_time``, i (F + Bg) more per W solve:
-  each product after the first rebuilds one of its two graphs); K >= 2 adds one backward B through each V's pseudo-label graph
-  (its graph kept from the W stage: no forward) for the summed pseudo-label gradient.
+  each product after the first rebuilds one of its two graphs); K >= 2 adds one backward B
+  through each V's pseudo-label graph (its graph kept from the W stage: no forward) for the
+  summed pseudo-label gradient.
 
 Pass kinds: F forward; Bw backward into the weights; Ba into the architecture only (no weight
 gradients); B into both; Bg into the weights with ``create_graph``; Sw a Hessian-vector product
@@ -94,14 +95,13 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from sgl_betty.config import HYPERGRAD_TYPES
+from sgl_betty.config import HYPERGRAD_TYPES, IMPLICIT_TYPES
 from sgl_betty.errors import ConfigError
 from sgl_betty.experiment.overrides import load_overrides
 
 HYPERGRADS = (*HYPERGRAD_TYPES, "unrolled_exact")
 SPACES = ("darts", "pc_darts", "p_darts", "darts_minus")
 FINITE_DIFFERENCE = ("darts", "unrolled", "unrolled_post_step")
-IMPLICIT = ("neumann", "cg")
 
 
 @dataclass
@@ -537,7 +537,7 @@ def recipe_config(space: str, K: int, hypergrad: str, cfg: PerfConfig, device: t
         "search.arch_warmup_epochs=0",
         f"search.pseudo_label_arch_grad={cfg.pseudo_label_arch_grad}",
         f"search.detach_pseudo_labels={cfg.detach_pseudo_labels}",
-        f"hypergrad.one_graph_at_a_time={cfg.one_graph_at_a_time and hypergrad in IMPLICIT}",
+        f"hypergrad.one_graph_at_a_time={cfg.one_graph_at_a_time and hypergrad in IMPLICIT_TYPES}",
         f"search.precision={'bf16' if cfg.bf16 else 'fp32'}",
         f"search.channels_last={cfg.channels_last}",
         "data.dataset=synthetic",
