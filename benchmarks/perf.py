@@ -67,7 +67,9 @@ The floor (per step; K learners; "graphs" of a W loss: its labelled and unlabell
 
 Pass kinds: F forward; Bw backward into the weights; Ba into the architecture only (no weight
 gradients); B into both; Bg into the weights with ``create_graph``; Sw a Hessian-vector product
-over a Bg graph; Sa the mixed product d/dA (grad_w L . v) over a Bg graph.
+over a Bg graph; Sa the mixed product d/dA (grad_w L . v) over a Bg graph. Bg, Sw and Sa run
+their forward inside ``second_order_pass()``, as the solvers do (``second_order_conv=false``:
+PyTorch's double backward of the convolutions, for comparison).
 
 The last line of standard output is one JSON object (config, device, threads, backend flags,
 load averages, rows); the table before it is Markdown.
@@ -86,6 +88,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,6 +101,7 @@ from torch.utils.flop_counter import flop_registry
 from sgl_betty.config import HYPERGRAD_TYPES, IMPLICIT_TYPES
 from sgl_betty.errors import ConfigError
 from sgl_betty.experiment.overrides import load_overrides
+from sgl_betty.search_space.second_order_conv import Conv2d, second_order_pass
 
 HYPERGRADS = (*HYPERGRAD_TYPES, "unrolled_exact")
 SPACES = ("darts", "pc_darts", "p_darts", "darts_minus")
@@ -134,6 +138,9 @@ class PerfConfig:
     threads: int = 0
     channels_last: bool = False
     bf16: bool = False
+    # false: PyTorch's own double backward of convolutions in the solvers' products, instead of
+    # sgl_betty.search_space.second_order_conv's (the comparison in BENCHMARKS.md).
+    second_order_conv: bool = True
 
 
 PRESETS = {
@@ -197,12 +204,13 @@ SECOND_ORDER_NODE = re.compile(r"Backward.*Backward")
 
 def op_flops(packet, args, kwargs, out) -> int:
     """``torch.utils.flop_counter``'s count of one op, except that the weight gradient of a
-    grouped convolution is divided by its groups (the library's formula ignores them, which
-    counts a depthwise convolution's weight gradient ``channels`` times over)."""
+    grouped convolution, plain or transposed, is divided by its groups (the library's formula
+    ignores them, which counts a depthwise convolution's weight gradient ``channels`` times
+    over)."""
     if packet not in flop_registry:
         return 0
     formula = flop_registry[packet]
-    if packet is not aten.convolution_backward or args[7] or args[9] == 1:
+    if packet is not aten.convolution_backward or args[9] == 1:
         return int(formula(*args, **kwargs, out_val=out))
     grad_input, grad_weight, grad_bias = args[10]
     inputs = formula(*args[:10], [grad_input, False, False], out_val=out)
@@ -331,6 +339,10 @@ def measure_pass_kinds(net, arch, batch) -> dict[str, int]:
     def loss():
         return F.cross_entropy(net(x, arch()), y)
 
+    def recorded_loss():  # a forward the solvers differentiate twice, as they run it
+        with second_order_pass():
+            return loss()
+
     def run(kind):
         def backward(inputs):
             def fn():
@@ -340,7 +352,7 @@ def measure_pass_kinds(net, arch, batch) -> dict[str, int]:
 
         def second(targets):
             def fn():
-                grads = torch.autograd.grad(loss(), weights, create_graph=True)
+                grads = torch.autograd.grad(recorded_loss(), weights, create_graph=True)
                 vector = [torch.ones_like(g) for g in grads]
                 torch.autograd.grad(grads, targets, grad_outputs=vector, allow_unused=True)
 
@@ -350,7 +362,7 @@ def measure_pass_kinds(net, arch, batch) -> dict[str, int]:
             "Bw": backward(weights),
             "Ba": backward(alphas),
             "B": backward(weights + alphas),
-            "Bg": lambda: torch.autograd.grad(loss(), weights, create_graph=True),
+            "Bg": lambda: torch.autograd.grad(recorded_loss(), weights, create_graph=True),
             "Sw": second(weights),
             "Sa": second(alphas),
         }[kind]
@@ -710,7 +722,25 @@ def log(message: str) -> None:
     print(f"perf: {message}", file=sys.stderr, flush=True)
 
 
+@contextmanager
+def convolutions_differentiated_twice_by(ours: bool):
+    """``ours=False``: the search networks' convolutions are plain ``nn.Conv2d`` inside, so
+    every second-order product runs PyTorch's double backward of the convolution."""
+    saved = Conv2d.forward
+    if not ours:
+        Conv2d.forward = torch.nn.Conv2d.forward
+    try:
+        yield
+    finally:
+        Conv2d.forward = saved
+
+
 def run(cfg: PerfConfig) -> dict:
+    with convolutions_differentiated_twice_by(cfg.second_order_conv):
+        return _run(cfg)
+
+
+def _run(cfg: PerfConfig) -> dict:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

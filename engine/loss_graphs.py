@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from sgl_betty.runtime import RandomState
+from sgl_betty.search_space.second_order_conv import second_order_pass
 
 
 class LossGraphs:
@@ -30,12 +31,13 @@ class LossGraphs:
         if self.alive is not None and self.alive[0] == index:
             return self.alive[1]
         self.alive = None  # the previous term's graph goes before the next one is built
-        if index in self.drawn_in:
-            with self.drawn_in[index].replayed():
+        with second_order_pass():
+            if index in self.drawn_in:
+                with self.drawn_in[index].replayed():
+                    loss = self.terms[index]()
+            else:
+                self.drawn_in[index] = RandomState(self.device)
                 loss = self.terms[index]()
-        else:
-            self.drawn_in[index] = RandomState(self.device)
-            loss = self.terms[index]()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # parameters a term does not use
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)

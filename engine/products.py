@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from sgl_betty.runtime import RandomState
+from sgl_betty.search_space.second_order_conv import second_order_pass
 
 
 def dot(xs, ys) -> torch.Tensor:
@@ -64,7 +65,9 @@ def exact_mixed_product(loss_fn, params, targets, vector):
     """(d^2 L / d targets d params) v by double backward: d/d targets (grad_params L . v)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # parameters unused by the loss
-        first = _grads(loss_fn(), params, create_graph=True)
+        with second_order_pass():
+            loss = loss_fn()
+        first = _grads(loss, params, create_graph=True)
     used = [(g, v) for g, v in zip(first, vector) if g.requires_grad]
     if not used:
         return [torch.zeros_like(t) for t in targets]

@@ -179,6 +179,22 @@ def test_counts_are_observed_not_derived(monkeypatch):
     assert after["by_phase"]["backward"] == before["by_phase"]["backward"]
 
 
+def test_second_order_conv_false_measures_pytorchs_double_backward():
+    assert perf.load(["second_order_conv=false"]).second_order_conv is False
+    *_, counted, _, _ = count_step("darts", 1, "unrolled_exact")
+    ours = counted()
+    with perf.convolutions_differentiated_twice_by(ours=False):
+        *_, counted_by_pytorch, _, _ = count_step("darts", 1, "unrolled_exact")
+        pytorch = counted_by_pytorch()
+    calls = ("forwards", "backwards", "second_order")
+    assert [ours[c] for c in calls] == [pytorch[c] for c in calls] == [3, 3, 1]
+    assert ours["by_phase"]["forward"] == pytorch["by_phase"]["forward"]
+    # The mixed product into the architecture skips PyTorch's second-order weight gradients.
+    second, second_pytorch = (r["by_phase"]["second_order"] for r in (ours, pytorch))
+    assert second["flops"] < second_pytorch["flops"]
+    assert second["aten_ops"] < second_pytorch["aten_ops"]
+
+
 @pytest.mark.slow
 def test_one_graph_at_a_time_costs_what_its_floor_says():
     *_, counted, cfg, _ = count_step("darts", 2, "neumann")
@@ -226,6 +242,11 @@ def test_flops_match_torch_and_fix_grouped_weight_gradients():
     assert counts["by_phase"]["backward"]["flops"] == 2 * per_pass  # input and weight gradients
     assert counts["by_phase"]["forward"]["convolutions"] == 1
     assert counts["by_phase"]["backward"]["convolution_backwards"] == 1
+    # A transposed one (the input gradient of a twice-differentiated convolution) likewise.
+    transposed = torch.nn.ConvTranspose2d(6, 6, 3, padding=1, groups=6, bias=False)
+    counts = perf.count(lambda: transposed(x).sum().backward())
+    assert counts["by_phase"]["forward"]["flops"] == per_pass
+    assert counts["by_phase"]["backward"]["flops"] == 2 * per_pass
 
 
 def test_second_order_backwards_are_told_apart():

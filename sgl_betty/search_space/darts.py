@@ -20,6 +20,7 @@ from torch import nn
 
 from sgl_betty.genotypes import PRIMITIVES, Genotype, derive_genotype, num_edges
 from sgl_betty.search_space.ops import OPS, FactorizedReduce, ReLUConvBN, Zero
+from sgl_betty.search_space.second_order_conv import use_second_order_convolutions
 
 
 class ArchWeights(NamedTuple):
@@ -161,6 +162,8 @@ class SearchNetwork(nn.Module):
             prev_prev_channels, prev_channels = prev_channels, multiplier * channels
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(prev_channels, num_classes)
+        # Hypergradients differentiate the convolutions' backward (second_order_conv.py).
+        use_second_order_convolutions(self)
 
     def build_cell(
         self,
