@@ -7,7 +7,7 @@ d/dA (grad_w L . v). PyTorch differentiates ``convolution_backward`` with one co
 computes the second-order weight-gradient term, which a mixed product into the architecture
 never uses, and for a grouped convolution (every depthwise convolution of ``sep_conv`` and
 ``dil_conv``) it computes that term one group at a time, one small convolution per channel.
-On the DARTS supernet that loop is most of the aten ops and a fifth of the time of a
+On the DARTS supernet that loop is a third of the aten ops and a fifth of the time of a
 Hessian-vector product (BENCHMARKS.md, "SGL step at its floor").
 
 ``Conv2d`` keeps ``nn.Conv2d``'s forward and first-order backward (the same kernel calls, so
